@@ -1,0 +1,452 @@
+//! hubbub-loadgen: opens N WebSocket connections to one room, has S of them send R messages per
+//! second each on a fixed schedule (open loop: a slow server cannot slow the offered load), and
+//! reports what arrived: deliveries expected and received, gaps, duplicates and reordering,
+//! deliveries per second, latency percentiles, handshake times, and, given the server's PID, its
+//! memory per connection and CPU time per delivery.
+//!
+//! Every message carries its sender, its number and its scheduled send time, so latency counts
+//! from when the message was due, not from when a backed-up sender got to it.
+
+use clap::{Parser, ValueEnum};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Protocol {
+    /// `{"user","message"}` text frames, as any classic broadcast server speaks.
+    Classic,
+    /// hubbub's `hubbub.v1` subprotocol.
+    Hubbub,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hubbub-loadgen",
+    about = "Fan-out load for WebSocket chat servers"
+)]
+struct Args {
+    /// WebSocket URL of the server.
+    #[arg(long, default_value = "ws://127.0.0.1:3000/ws")]
+    url: String,
+    #[arg(long, value_enum, default_value = "hubbub")]
+    protocol: Protocol,
+    /// Bearer token for hubbub (see /tokens); not needed in anonymous mode.
+    #[arg(long, env = "HUBBUB_TOKEN")]
+    token: Option<String>,
+    #[arg(long, default_value = "general")]
+    room: String,
+    /// Connections, all of them receivers.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// How many of the connections also send.
+    #[arg(long, default_value_t = 1)]
+    senders: usize,
+    /// Messages per second per sender.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds to wait for stragglers after the last send.
+    #[arg(long, default_value_t = 3.0)]
+    drain: f64,
+    /// Approximate size of each message body, in bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Connections opened at once.
+    #[arg(long, default_value_t = 100)]
+    connect_concurrency: usize,
+    /// PID of the server, to report its RSS per connection and CPU per delivery.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Also print the report as one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What one receiving connection saw.
+#[derive(Default)]
+struct Seen {
+    /// Latency of each delivery, in microseconds.
+    latencies: Vec<u32>,
+    received: u64,
+    gaps: u64,
+    duplicates_or_reordered: u64,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i.min(sorted.len() - 1)]) / 1000.0
+}
+
+/// RSS in KiB and CPU time in seconds of a process, from /proc.
+fn proc_stats(pid: u32) -> Option<(u64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(") ")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // /proc reports CPU time in USER_HZ, which is 100 on Linux.
+    Some((rss, ticks / 100.0))
+}
+
+async fn connect(args: &Args) -> Result<Ws, String> {
+    let mut req = args
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    if args.protocol == Protocol::Hubbub {
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static("hubbub.v1"),
+        );
+        if let Some(token) = &args.token {
+            let value =
+                HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
+            req.headers_mut().insert("Authorization", value);
+        }
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .map_err(|e| e.to_string())?;
+    if args.protocol == Protocol::Hubbub {
+        let join = json!({"type": "join", "room": args.room}).to_string();
+        ws.send(Message::text(join))
+            .await
+            .map_err(|e| e.to_string())?;
+        // Live from here once `joined` arrives.
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).map_err(|e| e.to_string())?;
+                    match v["type"].as_str() {
+                        Some("joined") => break,
+                        Some("error") => return Err(format!("join refused: {t}")),
+                        _ => {}
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("closed before joining".into()),
+            }
+        }
+    }
+    Ok(ws)
+}
+
+/// The body of message `n` of `sender`, due `due_us` after the run's start.
+fn body(sender: usize, n: u64, due_us: u64, size: usize) -> String {
+    let head = format!("{sender}:{n}:{due_us}:");
+    let pad = size.saturating_sub(head.len());
+    format!("{head}{}", "x".repeat(pad))
+}
+
+/// Sender, number and due time of a received body.
+fn parse_body(body: &str) -> Option<(usize, u64, u64)> {
+    let mut parts = body.splitn(4, ':');
+    Some((
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    ))
+}
+
+async fn receive(
+    mut stream: SplitStream<Ws>,
+    protocol: Protocol,
+    senders: usize,
+    start: Instant,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut last = vec![0u64; senders];
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let frame = tokio::select! {
+            f = stream.next() => f,
+            _ = stop.changed() => break,
+        };
+        let Some(Ok(Message::Text(text))) = frame else {
+            if matches!(frame, Some(Ok(_))) {
+                continue;
+            }
+            break;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        let b = match protocol {
+            Protocol::Classic => v["message"].as_str(),
+            Protocol::Hubbub if v["type"] == "message" => v["body"].as_str(),
+            Protocol::Hubbub => None,
+        };
+        let Some((sender, n, due_us)) = b.and_then(parse_body) else {
+            continue;
+        };
+        if sender >= senders {
+            continue;
+        }
+        let now_us = start.elapsed().as_micros() as u64;
+        seen.latencies
+            .push(u32::try_from(now_us.saturating_sub(due_us)).unwrap_or(u32::MAX));
+        seen.received += 1;
+        let prev = last[sender];
+        if n <= prev {
+            seen.duplicates_or_reordered += 1;
+        } else {
+            seen.gaps += n - prev - 1;
+            last[sender] = n;
+        }
+    }
+    seen
+}
+
+async fn send(
+    mut sink: SplitSink<Ws, Message>,
+    args: Arc<Args>,
+    sender: usize,
+    start: Instant,
+    sent: Arc<AtomicU64>,
+) {
+    let period = Duration::from_secs_f64(1.0 / args.rate);
+    let total = (args.duration * args.rate).floor() as u64;
+    // Spread the senders over one period so they do not all fire at once.
+    let offset = period.mul_f64(sender as f64 / args.senders.max(1) as f64);
+    let run = std::process::id();
+    for n in 1..=total {
+        let due = start + offset + period.mul_f64((n - 1) as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let due_us = due.duration_since(start).as_micros() as u64;
+        let text = body(sender, n, due_us, args.size);
+        let frame = match args.protocol {
+            Protocol::Classic => json!({"user": format!("lg{sender}"), "message": text}),
+            Protocol::Hubbub => json!({
+                "type": "send",
+                "room": args.room,
+                "client_id": format!("lg-{run}-{sender}-{n}"),
+                "body": text,
+            }),
+        };
+        if sink.send(Message::text(frame.to_string())).await.is_err() {
+            eprintln!("sender {sender}: connection lost after {n} messages");
+            return;
+        }
+        sent.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Arc::new(Args::parse());
+    if args.senders > args.clients || args.rate <= 0.0 {
+        eprintln!("hubbub-loadgen: need senders <= clients and a positive rate");
+        return std::process::ExitCode::FAILURE;
+    }
+    let before = args.server_pid.and_then(proc_stats);
+
+    // Connect everyone, a batch at a time.
+    let mut sockets = Vec::with_capacity(args.clients);
+    let mut handshakes = Vec::with_capacity(args.clients);
+    let connect_started = Instant::now();
+    let mut failures = 0usize;
+    for chunk_start in (0..args.clients).step_by(args.connect_concurrency.max(1)) {
+        let n = args.connect_concurrency.min(args.clients - chunk_start);
+        let batch = (0..n).map(|_| {
+            let args = Arc::clone(&args);
+            async move {
+                let t = Instant::now();
+                let ws = connect(&args).await;
+                (ws, t.elapsed())
+            }
+        });
+        for (ws, took) in futures_util::future::join_all(batch).await {
+            match ws {
+                Ok(ws) => {
+                    sockets.push(ws);
+                    handshakes.push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures <= 3 {
+                        eprintln!("connect failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+    let connect_secs = connect_started.elapsed().as_secs_f64();
+    if sockets.len() < args.senders {
+        eprintln!("hubbub-loadgen: only {} connections opened", sockets.len());
+        return std::process::ExitCode::FAILURE;
+    }
+    // Let the server settle, then read its idle memory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = args.server_pid.and_then(proc_stats);
+
+    let start = Instant::now();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let sent = Arc::new(AtomicU64::new(0));
+    let clients = sockets.len();
+    let mut readers = Vec::with_capacity(clients);
+    let mut writers = Vec::new();
+    for (i, ws) in sockets.into_iter().enumerate() {
+        let (sink, stream) = ws.split();
+        readers.push(tokio::spawn(receive(
+            stream,
+            args.protocol,
+            args.senders,
+            start,
+            stop.clone(),
+        )));
+        if i < args.senders {
+            writers.push(tokio::spawn(send(
+                sink,
+                Arc::clone(&args),
+                i,
+                start,
+                Arc::clone(&sent),
+            )));
+        } else {
+            // Receivers keep their sink so the connection stays open.
+            writers.push(tokio::spawn(async move {
+                let _keep = sink;
+                std::future::pending::<()>().await;
+            }));
+        }
+    }
+    // Senders finish on schedule, or are cut off at the end of the drain time if the server (or
+    // this machine) cannot keep up: an overloaded run still ends and says so.
+    let deadline = start + Duration::from_secs_f64(args.duration + args.drain);
+    let senders_done = async {
+        for w in writers.iter_mut().take(args.senders) {
+            let _ = w.await;
+        }
+    };
+    let on_time = tokio::time::timeout_at(deadline.into(), senders_done)
+        .await
+        .is_ok();
+    if !on_time {
+        eprintln!("hubbub-loadgen: senders could not keep the schedule; cut off at the deadline");
+    }
+    let sent = sent.load(Ordering::Relaxed);
+    let expected = sent * clients as u64;
+    let sending_secs = start.elapsed().as_secs_f64();
+    // Wait for the deliveries to come in, or the drain time to pass.
+    let drain_until = Instant::now().max(deadline) + Duration::from_secs_f64(args.drain.min(1.0));
+    tokio::time::sleep_until(drain_until.into()).await;
+    stop_tx.send_replace(true);
+    let after = args.server_pid.and_then(proc_stats);
+    let mut latencies = Vec::new();
+    let (mut received, mut gaps, mut dups) = (0u64, 0u64, 0u64);
+    for r in readers {
+        if let Ok(seen) = r.await {
+            received += seen.received;
+            gaps += seen.gaps;
+            dups += seen.duplicates_or_reordered;
+            latencies.extend(seen.latencies);
+        }
+    }
+    for w in writers {
+        w.abort();
+    }
+    latencies.sort_unstable();
+    handshakes.sort_unstable();
+
+    let deliveries_per_sec = received as f64 / sending_secs;
+    let p = |q| percentile(&latencies, q);
+    println!(
+        "hubbub-loadgen: {:?} protocol, {} → {}",
+        args.protocol, args.url, args.room
+    );
+    println!(
+        "  connected        {clients} of {} in {connect_secs:.2} s ({failures} failed)",
+        args.clients
+    );
+    println!(
+        "  handshake ms     p50 {:.2}  p99 {:.2}  max {:.2}",
+        percentile(&handshakes, 0.5),
+        percentile(&handshakes, 0.99),
+        percentile(&handshakes, 1.0)
+    );
+    println!(
+        "  offered          {} senders × {} msg/s for {} s = {:.0} deliveries/s",
+        args.senders,
+        args.rate,
+        args.duration,
+        args.senders as f64 * args.rate * clients as f64
+    );
+    println!("  messages sent    {sent}");
+    println!(
+        "  deliveries       {received} of {expected} expected ({:.3}%)",
+        100.0 * received as f64 / expected.max(1) as f64
+    );
+    println!("  gaps / dup+reord {gaps} / {dups}");
+    println!("  deliveries/s     {deliveries_per_sec:.0}");
+    println!(
+        "  latency ms       p50 {:.2}  p90 {:.2}  p99 {:.2}  p999 {:.2}  max {:.2}",
+        p(0.5),
+        p(0.9),
+        p(0.99),
+        p(0.999),
+        p(1.0)
+    );
+    let mut rss_per_conn_kib = None;
+    let mut cpu_us_per_delivery = None;
+    if let (Some(b), Some(i), Some(a)) = (before, idle, after) {
+        let per_conn = (i.0 as f64 - b.0 as f64) / clients as f64;
+        let cpu = (a.1 - i.1) * 1e6 / received.max(1) as f64;
+        rss_per_conn_kib = Some(per_conn);
+        cpu_us_per_delivery = Some(cpu);
+        println!("  server RSS       {} KiB before, {} KiB idle with all connected, {} KiB after: {per_conn:.2} KiB per idle connection", b.0, i.0, a.0);
+        println!(
+            "  server CPU       {:.2} s while sending: {cpu:.2} µs per delivery",
+            a.1 - i.1
+        );
+    }
+    if args.json {
+        let report = json!({
+            "protocol": format!("{:?}", args.protocol).to_lowercase(),
+            "clients": clients,
+            "senders": args.senders,
+            "rate": args.rate,
+            "offered_deliveries_per_sec": args.senders as f64 * args.rate * clients as f64,
+            "sent": sent,
+            "expected": expected,
+            "received": received,
+            "gaps": gaps,
+            "duplicates_or_reordered": dups,
+            "deliveries_per_sec": deliveries_per_sec,
+            "latency_ms": {"p50": p(0.5), "p90": p(0.9), "p99": p(0.99), "p999": p(0.999), "max": p(1.0)},
+            "handshake_ms": {"p50": percentile(&handshakes, 0.5), "p99": percentile(&handshakes, 0.99)},
+            "rss_per_connection_kib": rss_per_conn_kib,
+            "cpu_us_per_delivery": cpu_us_per_delivery,
+        });
+        println!("{report}");
+    }
+    std::process::ExitCode::SUCCESS
+}

@@ -1,0 +1,170 @@
+import { expect, test, type Browser } from "@playwright/test";
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+
+import { message, say, signUp } from "./helpers";
+
+async function twoPages(browser: Browser) {
+  const ctxA = await browser.newContext();
+  const ctxB = await browser.newContext();
+  return { ctxA, a: await ctxA.newPage(), ctxB, b: await ctxB.newPage() };
+}
+
+test("a page that was offline gets what it missed, once, with a divider", async ({ browser }) => {
+  const { ctxA, a, b } = await twoPages(browser);
+  await signUp(a);
+  await signUp(b);
+  await ctxA.setOffline(true);
+  await expect(a.locator(".conn")).toHaveAttribute("data-state", "offline");
+
+  const tag = Date.now();
+  const missed = [1, 2, 3].map((i) => `missed while offline ${tag} ${i}`);
+  for (const text of missed) {
+    await say(b, text);
+    await expect(message(b, text)).toHaveAttribute("data-status", "stored");
+  }
+  await a.waitForTimeout(300);
+  await expect(message(a, missed[0])).toHaveCount(0);
+
+  await ctxA.setOffline(false);
+  await expect(a.locator(".conn")).toHaveText("connected");
+  for (const text of missed) {
+    await expect(message(a, text)).toHaveCount(1);
+  }
+  await expect(a.locator(".divider")).toHaveText("3 new messages");
+  await expect(message(a, missed[0]).locator(".divider")).toHaveCount(1);
+});
+
+test("messages typed offline survive a reload and are delivered once", async ({ browser }) => {
+  const { ctxA, a, b } = await twoPages(browser);
+  await signUp(a, "Offline Olga");
+  await signUp(b);
+  await ctxA.setOffline(true);
+  await expect(a.locator(".conn")).toHaveAttribute("data-state", "offline");
+
+  const tag = Date.now();
+  const typed = [`typed offline ${tag} one`, `typed offline ${tag} two`];
+  for (const text of typed) {
+    await say(a, text);
+    await expect(message(a, text)).toHaveAttribute("data-status", "pending");
+  }
+  expect(await a.evaluate(() => localStorage.getItem("hubbub.outbox.general"))).toContain(typed[1]);
+  // Reload while still offline: the browser cannot even load the page. Then leave it entirely,
+  // so nothing of the old page is left to send when the network returns.
+  await a.reload().catch(() => {});
+  await a.close();
+  await ctxA.setOffline(false);
+  const a2 = await ctxA.newPage();
+  await a2.goto("/");
+  // The reopened page shows them from its outbox, then sends them.
+  for (const text of typed) {
+    await expect(message(a2, text)).toHaveCount(1);
+  }
+  await expect(a2.locator(".conn")).toHaveText("connected");
+
+  for (const text of typed) {
+    await expect(message(b, text)).toHaveCount(1);
+    await expect(message(b, text).locator(".author")).toHaveText("Offline Olga");
+    await expect(message(a2, text)).toHaveCount(1);
+    await expect(message(a2, text)).toHaveAttribute("data-status", "stored");
+  }
+  // Once more after a reload of B: still once each, in the order typed.
+  await b.reload();
+  const bodies = await b.locator("li.msg .body").allTextContents();
+  expect(bodies.filter((t) => t === typed[0])).toHaveLength(1);
+  expect(bodies.filter((t) => t === typed[1])).toHaveLength(1);
+  expect(bodies.indexOf(typed[0])).toBeLessThan(bodies.indexOf(typed[1]));
+  expect(await a2.evaluate(() => localStorage.getItem("hubbub.outbox.general"))).toBeNull();
+});
+
+test("a message the server refuses can be discarded", async ({ page }) => {
+  await signUp(page);
+  // Bypass the textarea's maxlength to send a message the server refuses.
+  await page.locator("textarea.body").evaluate((el) => el.removeAttribute("maxlength"));
+  await say(page, "x".repeat(4001));
+  const failed = page.locator('li.msg[data-status="failed"]');
+  await expect(failed).toHaveCount(1);
+  await expect(failed.locator(".state")).toContainText("4000");
+  await failed.getByRole("button", { name: "Discard" }).click();
+  await expect(failed).toHaveCount(0);
+  await page.reload();
+  await expect(page.locator(".conn")).toHaveText("connected");
+  await expect(page.locator('li.msg[data-status="failed"]')).toHaveCount(0);
+});
+
+/** A server of this test's own, so it can be killed and restarted. */
+class OwnServer {
+  proc?: ChildProcess;
+  readonly dataDir = mkdtempSync(path.join(tmpdir(), "hubbub-e2e-"));
+  constructor(readonly port: number) {}
+
+  get url() {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  async start() {
+    const root = path.resolve(__dirname, "../..");
+    const bin = path.join(process.env.CARGO_TARGET_DIR ?? path.join(root, "target"), "debug/hubbub");
+    this.proc = spawn(bin, ["--addr", `127.0.0.1:${this.port}`, "--data-dir", this.dataDir, "--log", "warn"], {
+      cwd: root,
+      stdio: "ignore",
+    });
+    for (let i = 0; i < 200; i++) {
+      try {
+        if ((await fetch(`${this.url}/healthz`)).ok) return;
+      } catch {
+        // not up yet
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error("server did not start");
+  }
+
+  async kill() {
+    const proc = this.proc;
+    if (!proc || proc.exitCode !== null) return;
+    const exited = new Promise((r) => proc.once("exit", r));
+    proc.kill("SIGKILL");
+    await exited;
+  }
+
+  async dispose() {
+    await this.kill();
+    rmSync(this.dataDir, { recursive: true, force: true });
+  }
+}
+
+test("after the server is killed and restarted, pages reconnect by themselves", async ({ browser }) => {
+  const server = new OwnServer(Number(process.env.HUBBUB_E2E_PORT ?? 3100) + 1);
+  await server.start();
+  try {
+    const { a, b } = await twoPages(browser);
+    await signUp(a, "Ann", server.url);
+    await signUp(b, "Bob", server.url);
+    await say(a, "before the crash");
+    await expect(message(b, "before the crash")).toHaveCount(1);
+    await expect(message(a, "before the crash")).toHaveAttribute("data-status", "stored");
+
+    await server.kill();
+    await expect(a.locator(".conn")).toHaveAttribute("data-state", /reconnecting|connecting/);
+    await expect(a.locator(".conn")).toContainText("reconnecting");
+    await server.start();
+    const restarted = Date.now();
+
+    // Nobody clicks anything.
+    await expect(a.locator(".conn")).toHaveText("connected", { timeout: 20_000 });
+    await expect(b.locator(".conn")).toHaveText("connected", { timeout: 20_000 });
+    console.log(`reconnect: both pages connected ${Date.now() - restarted} ms after the new server answered`);
+    await say(b, "after the restart");
+    await expect(message(a, "after the restart")).toHaveCount(1);
+    for (const page of [a, b]) {
+      await page.reload();
+      await expect(message(page, "before the crash")).toHaveCount(1);
+      await expect(message(page, "after the restart")).toHaveCount(1);
+    }
+  } finally {
+    await server.dispose();
+  }
+});

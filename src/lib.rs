@@ -1,0 +1,20 @@
+//! hubbub: a real-time team chat. One crate compiled twice: with `ssr` it is the axum server (hub,
+//! storage, HTTP API, server-rendered pages); with `hydrate` it is the WASM client that hydrates
+//! those pages and talks to the hub over a WebSocket.
+
+pub mod app;
+pub mod protocol;
+
+#[cfg(feature = "hydrate")]
+mod client;
+
+#[cfg(feature = "ssr")]
+pub mod server;
+
+/// Entry point of the WASM client: hydrates the server-rendered page.
+#[cfg(feature = "hydrate")]
+#[wasm_bindgen::prelude::wasm_bindgen]
+pub fn hydrate() {
+    console_error_panic_hook::set_once();
+    leptos::mount::hydrate_body(app::App);
+}

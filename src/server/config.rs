@@ -1,0 +1,177 @@
+//! Typed server configuration: defaults, then environment variables, then command-line flags.
+
+use clap::Parser;
+use leptos::config::LeptosOptions;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Parser)]
+#[command(name = "hubbub", version, about = "A real-time team chat server")]
+pub struct Config {
+    /// Address to listen on [default: Leptos.toml's site-addr, 127.0.0.1:3000].
+    #[arg(long, env = "HUBBUB_ADDR")]
+    pub addr: Option<SocketAddr>,
+
+    /// Directory for the database; created if missing.
+    #[arg(long, env = "HUBBUB_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Log filter, in `tracing` syntax (for example `info` or `hubbub=debug,info`).
+    #[arg(long, env = "HUBBUB_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log format.
+    #[arg(long, env = "HUBBUB_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// The Leptos site settings the server reads at run time.
+    #[arg(long, env = "HUBBUB_LEPTOS_CONFIG", default_value = "Leptos.toml")]
+    pub leptos_config: PathBuf,
+
+    /// Messages each connection may have queued before it is resynced from storage.
+    #[arg(long, env = "HUBBUB_QUEUE_LEN", default_value_t = 1024)]
+    pub queue_len: usize,
+
+    /// Bytes each connection may have queued before it is resynced from storage.
+    #[arg(long, env = "HUBBUB_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    pub queue_bytes: usize,
+
+    /// How often the server pings each WebSocket; one that has not answered by the next ping is
+    /// closed (4002). Accepts `20s`, `500ms`, `1m`.
+    #[arg(long, env = "HUBBUB_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Let clients without an account into the default room, naming themselves (demos and the
+    /// classic `{"user","message"}` clients). Off by default.
+    #[arg(long, env = "HUBBUB_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+
+    /// An origin (`scheme://host[:port]`) allowed to use a session cookie for WebSocket upgrades
+    /// and form posts; repeat for several. Default: the server's own origin.
+    #[arg(
+        long = "allowed-origin",
+        env = "HUBBUB_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// PEM certificate chain: serve HTTPS and WSS (TLS 1.2+) with it. Needs --tls-key.
+    #[arg(long, env = "HUBBUB_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "HUBBUB_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Address of a reverse proxy whose `X-Forwarded-For` is believed (for per-IP limits);
+    /// repeat for several. Forwarded headers from anyone else are ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "HUBBUB_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+
+    /// Mark cookies `Secure` and treat the own origin as https: set this when a TLS-terminating
+    /// proxy serves hubbub over HTTPS (implied by --tls-cert).
+    #[arg(long, env = "HUBBUB_SECURE_COOKIES")]
+    pub secure_cookies: bool,
+
+    /// Frames each WebSocket may send per second (token bucket, bursts of twice as many). Over it
+    /// a frame gets `error rate_limited`; a client that keeps going is closed with 1008.
+    #[arg(long, env = "HUBBUB_MESSAGE_RATE", default_value_t = 20)]
+    pub message_rate: u32,
+
+    /// Open WebSockets per account; more get 429.
+    #[arg(long, env = "HUBBUB_MAX_SOCKETS_PER_USER", default_value_t = 20)]
+    pub max_sockets_per_user: usize,
+
+    /// Unauthenticated (anonymous or refused) WebSocket handshakes per IP per minute; more get 429.
+    #[arg(long, env = "HUBBUB_MAX_ANONYMOUS_HANDSHAKES", default_value_t = 60)]
+    pub max_anonymous_handshakes: u32,
+
+    /// How long a write to a WebSocket may stall before the client is closed as a slow
+    /// consumer (4000: resume from your last seq).
+    #[arg(long, env = "HUBBUB_SEND_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub send_timeout: Duration,
+}
+
+/// Parses `250ms`, `20s`, `2m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 20s or 500ms"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        _ => return Err(format!("{s:?}: the unit must be ms, s or m")),
+    };
+    if d.is_zero() {
+        return Err("a duration must be more than zero".to_owned());
+    }
+    Ok(d)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// The configuration with every default (and any `HUBBUB_*` variable) but the data directory,
+    /// as tests and embedders start from.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let mut config = Config::parse_from(["hubbub"]);
+        config.data_dir = data_dir.into();
+        config
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the Leptos site settings from {path}: {message}")]
+    Leptos { path: String, message: String },
+}
+
+/// Reads the Leptos site settings from `path`; `LEPTOS_*` environment variables (which cargo-leptos
+/// sets when it runs the server) override single keys.
+pub fn leptos_options(path: &std::path::Path) -> Result<LeptosOptions, ConfigError> {
+    let err = |message: String| ConfigError::Leptos {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let options = leptos::config::get_config_from_str(&text).map_err(|e| err(e.to_string()))?;
+    Ok(options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let c = Config::try_parse_from(["hubbub"]).expect("parse");
+        assert_eq!(c.ping_interval, Duration::from_secs(20));
+        assert_eq!(c.queue_len, 1024);
+    }
+}

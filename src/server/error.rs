@@ -1,0 +1,74 @@
+//! The server's error type and how it answers over HTTP: a JSON body with a shared error code;
+//! details of internal failures go to the log, not to the client.
+
+use crate::protocol::{ErrorCode, Invalid};
+use crate::server::store::StoreError;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("no room named {0:?}")]
+    UnknownRoom(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("not allowed")]
+    Denied(crate::server::auth::Denied),
+}
+
+impl From<crate::server::auth::Denied> for AppError {
+    fn from(d: crate::server::auth::Denied) -> Self {
+        AppError::Denied(d)
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        AppError::Store(e)
+    }
+}
+
+impl AppError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AppError::Invalid(i) => i.code,
+            AppError::UnknownRoom(_) => ErrorCode::UnknownRoom,
+            AppError::BadRequest(_) => ErrorCode::InvalidQuery,
+            AppError::Store(_) => ErrorCode::Internal,
+            AppError::Denied(_) => ErrorCode::Unauthorized,
+        }
+    }
+
+    /// The message a client may see: internal details stay in the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            AppError::Store(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        if let AppError::Denied(d) = self {
+            return d.into_response();
+        }
+        let status = match &self {
+            AppError::Invalid(_) | AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::UnknownRoom(_) => StatusCode::NOT_FOUND,
+            AppError::Denied(_) => StatusCode::UNAUTHORIZED,
+            AppError::Store(e) => {
+                tracing::error!(error = %e, "request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let body = json!({ "error": { "code": self.code(), "message": self.public_message() } });
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,449 @@
+//! The account pages: sign up, log in, log out, and personal API tokens. Plain server-rendered
+//! HTML forms, so they work before (and without) the WASM client; every form carries a CSRF token
+//! that must match the browser's CSRF cookie, and must come from an allowed origin.
+
+use crate::protocol::normalize_name;
+use crate::server::auth::{self, csrf_token, digest, hash_password, verify_password, Credential};
+use crate::server::store::{StoreError, User};
+use crate::server::AppState;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Form;
+use serde::Deserialize;
+use std::net::SocketAddr;
+
+/// The policy of these pages: the stylesheet and the favicon, and forms to this server.
+const PAGE_CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+                        base-uri 'none'; frame-ancestors 'none'";
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// A whole page, with the CSRF cookie set if the browser had none.
+fn page(
+    state: &AppState,
+    headers: &HeaderMap,
+    status: StatusCode,
+    title: &str,
+    body: impl Fn(&str) -> String,
+) -> Response {
+    let (csrf, new) = csrf_token(headers);
+    let html = format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"/>\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"/>\
+         <title>{title} · hubbub</title><link rel=\"stylesheet\" href=\"/pkg/hubbub.css\"/>\
+         <link rel=\"icon\" href=\"/favicon.svg\" type=\"image/svg+xml\"/></head>\
+         <body><main class=\"auth\"><h1>hubbub</h1>{}</main></body></html>",
+        body(&csrf)
+    );
+    let mut resp = (status, axum::response::Html(html)).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_CSP),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if new {
+        h.append(header::SET_COOKIE, state.auth.csrf_cookie(&csrf));
+    }
+    resp
+}
+
+fn see_other(to: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_owned())]).into_response()
+}
+
+fn csrf_field(csrf: &str) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"csrf\" value=\"{}\"/>",
+        esc(csrf)
+    )
+}
+
+/// Whether a form post carries the browser's CSRF token and comes from an allowed origin.
+fn form_ok(state: &AppState, headers: &HeaderMap, csrf: Option<&str>) -> bool {
+    let cookie = auth::cookie(headers, auth::CSRF_COOKIE);
+    let token_ok = matches!((cookie, csrf), (Some(c), Some(f)) if !c.is_empty() && c == f);
+    token_ok && state.auth.origin_allowed(headers)
+}
+
+fn forbidden_form() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "This form has expired or came from another site. Go back, reload and try again.",
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+pub struct Notice {
+    error: Option<String>,
+}
+
+fn notice(q: &Notice) -> String {
+    let text = match q.error.as_deref() {
+        Some("invalid") => "Wrong username or password.",
+        Some("taken") => "That username is taken.",
+        Some("username") => "A username has 3 to 32 characters: a-z, 0-9, '.', '_' or '-'.",
+        Some("password") => "A password has 8 to 256 characters.",
+        Some("name") => "A display name has at most 64 characters.",
+        _ => return String::new(),
+    };
+    format!("<p class=\"error\" role=\"alert\">{text}</p>")
+}
+
+pub async fn login_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<Notice>,
+) -> Response {
+    page(&state, &headers, StatusCode::OK, "Log in", |csrf| {
+        format!(
+            "<h2>Log in</h2>{}<form method=\"post\" action=\"/auth/login\">{}\
+             <label>Username <input name=\"username\" autocomplete=\"username\" required/></label>\
+             <label>Password <input name=\"password\" type=\"password\" autocomplete=\"current-password\" required/></label>\
+             <button type=\"submit\">Log in</button></form>\
+             <p>New here? <a href=\"/signup\">Sign up</a></p>",
+            notice(&q),
+            csrf_field(csrf)
+        )
+    })
+}
+
+pub async fn signup_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<Notice>,
+) -> Response {
+    page(&state, &headers, StatusCode::OK, "Sign up", |csrf| {
+        format!(
+            "<h2>Sign up</h2>{}<form method=\"post\" action=\"/auth/signup\">{}\
+             <label>Username <input name=\"username\" autocomplete=\"username\" required minlength=\"3\" maxlength=\"32\"/></label>\
+             <label>Display name <input name=\"display_name\" maxlength=\"64\"/></label>\
+             <label>Password <input name=\"password\" type=\"password\" autocomplete=\"new-password\" required minlength=\"8\"/></label>\
+             <button type=\"submit\">Sign up</button></form>\
+             <p>Have an account? <a href=\"/login\">Log in</a></p>",
+            notice(&q),
+            csrf_field(csrf)
+        )
+    })
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    csrf: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct SignupForm {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    display_name: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    csrf: Option<String>,
+}
+
+fn valid_username(u: &str) -> bool {
+    (3..=32).contains(&u.len())
+        && u.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "account request failed");
+    (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+}
+
+/// Starts a new session for `user` (a new id every time: the id changes at log-in), ends the one
+/// the browser had, and sends it to the chat.
+async fn start_session(state: &AppState, headers: &HeaderMap, user: &User) -> Response {
+    if let Some(old) = auth::cookie(headers, auth::SESSION_COOKIE) {
+        let old = digest(old);
+        let _ = state.auth.accounts.delete_session(&old).await;
+        state.auth.revoke(Credential::Session(old));
+    }
+    let sid = auth::random_secret();
+    let expires = auth::now_ms() + i64::try_from(auth::SESSION_TTL.as_millis()).unwrap_or(i64::MAX);
+    if let Err(e) = state
+        .auth
+        .accounts
+        .create_session(&digest(&sid), user.id, expires)
+        .await
+    {
+        return internal(e);
+    }
+    tracing::info!(user = %user.username, "logged in");
+    let mut resp = see_other("/");
+    resp.headers_mut()
+        .append(header::SET_COOKIE, state.auth.session_cookie(Some(&sid)));
+    resp
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    if !form_ok(&state, &headers, f.csrf.as_deref()) {
+        return forbidden_form();
+    }
+    let username = f.username.trim().to_lowercase();
+    let ip = state.auth.client_ip(peer.ip(), &headers);
+    if let Err(wait) = state.auth.login_allowed(&username, ip) {
+        let secs = wait.as_secs().max(1);
+        let mut resp = page(
+            &state,
+            &headers,
+            StatusCode::TOO_MANY_REQUESTS,
+            "Log in",
+            |_| {
+                format!("<p class=\"error\" role=\"alert\">Too many attempts. Try again in {} minutes.</p>", secs.div_ceil(60))
+            },
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return resp;
+    }
+    let creds = match state.auth.accounts.credentials(&username).await {
+        Ok(c) => c,
+        Err(e) => return internal(e),
+    };
+    let hash = creds.as_ref().map(|c| c.password_hash.clone());
+    if !verify_password(hash, f.password).await {
+        state.auth.login_failed(&username);
+        return see_other("/login?error=invalid");
+    }
+    match creds {
+        Some(c) => start_session(&state, &headers, &c.user).await,
+        None => see_other("/login?error=invalid"),
+    }
+}
+
+pub async fn signup(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<SignupForm>,
+) -> Response {
+    if !form_ok(&state, &headers, f.csrf.as_deref()) {
+        return forbidden_form();
+    }
+    let username = f.username.trim().to_lowercase();
+    if !valid_username(&username) {
+        return see_other("/signup?error=username");
+    }
+    if !(8..=256).contains(&f.password.chars().count()) {
+        return see_other("/signup?error=password");
+    }
+    let display = if f.display_name.trim().is_empty() {
+        username.clone()
+    } else {
+        match normalize_name(Some(&f.display_name)) {
+            Ok(n) => n,
+            Err(_) => return see_other("/signup?error=name"),
+        }
+    };
+    let hash = match hash_password(f.password).await {
+        Ok(h) => h,
+        Err(e) => return internal(e),
+    };
+    match state
+        .auth
+        .accounts
+        .create_user(&username, &display, &hash)
+        .await
+    {
+        Ok(user) => start_session(&state, &headers, &user).await,
+        Err(StoreError::UserExists) => see_other("/signup?error=taken"),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CsrfOnly {
+    #[serde(default)]
+    csrf: Option<String>,
+}
+
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    if !form_ok(&state, &headers, f.csrf.as_deref()) {
+        return forbidden_form();
+    }
+    if let Some(sid) = auth::cookie(&headers, auth::SESSION_COOKIE) {
+        let hash = digest(sid);
+        if let Err(e) = state.auth.accounts.delete_session(&hash).await {
+            return internal(e);
+        }
+        state.auth.revoke(Credential::Session(hash));
+    }
+    let mut resp = see_other("/login");
+    resp.headers_mut()
+        .append(header::SET_COOKIE, state.auth.session_cookie(None));
+    resp
+}
+
+/// The logged-in user of a page request (session cookie only).
+async fn session_user(state: &AppState, headers: &HeaderMap) -> Option<User> {
+    let sid = auth::cookie(headers, auth::SESSION_COOKIE)?;
+    state
+        .auth
+        .accounts
+        .session_user(&digest(sid), auth::now_ms())
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn tokens_view(
+    state: &AppState,
+    headers: &HeaderMap,
+    user: &User,
+    created: Option<(String, String)>,
+) -> Response {
+    let tokens = match state.auth.accounts.tokens(user.id).await {
+        Ok(t) => t,
+        Err(e) => return internal(e),
+    };
+    page(state, headers, StatusCode::OK, "API tokens", |csrf| {
+        let mut rows = String::new();
+        for t in &tokens {
+            let state_text = if t.revoked {
+                "revoked".to_owned()
+            } else if t.expires_at <= auth::now_ms() {
+                "expired".to_owned()
+            } else {
+                format!(
+                    "expires in {} days",
+                    (t.expires_at - auth::now_ms()) / 86_400_000
+                )
+            };
+            let revoke = if t.revoked {
+                String::new()
+            } else {
+                format!(
+                    "<form method=\"post\" action=\"/auth/tokens/{}/revoke\">{}<button type=\"submit\">Revoke</button></form>",
+                    t.id,
+                    csrf_field(csrf)
+                )
+            };
+            rows.push_str(&format!(
+                "<li class=\"token\"><b>{}</b> <span>{state_text}</span> {revoke}</li>",
+                esc(&t.name)
+            ));
+        }
+        let shown = created
+            .as_ref()
+            .map(|(name, token)| {
+                format!(
+                    "<p class=\"new-token\">Your new token <b>{}</b>, shown only this once:<br/><code>{}</code></p>",
+                    esc(name),
+                    esc(token)
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            "<h2>API tokens of {}</h2>{shown}<ul class=\"tokens\">{rows}</ul>\
+             <form method=\"post\" action=\"/auth/tokens\">{}\
+             <label>Name <input name=\"name\" required maxlength=\"64\"/></label>\
+             <label>Valid for (days) <input name=\"days\" type=\"number\" min=\"1\" max=\"365\" value=\"90\"/></label>\
+             <button type=\"submit\">Create token</button></form><p><a href=\"/\">Back to the chat</a></p>",
+            esc(&user.display_name),
+            csrf_field(csrf)
+        )
+    })
+}
+
+pub async fn tokens_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match session_user(&state, &headers).await {
+        Some(user) => tokens_view(&state, &headers, &user, None).await,
+        None => see_other("/login"),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct NewToken {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    days: Option<u32>,
+    #[serde(default)]
+    csrf: Option<String>,
+}
+
+pub async fn create_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<NewToken>,
+) -> Response {
+    if !form_ok(&state, &headers, f.csrf.as_deref()) {
+        return forbidden_form();
+    }
+    let Some(user) = session_user(&state, &headers).await else {
+        return see_other("/login");
+    };
+    let name = f.name.trim();
+    if name.is_empty() || name.chars().count() > 64 {
+        return (
+            StatusCode::BAD_REQUEST,
+            "a token needs a name of 1 to 64 characters",
+        )
+            .into_response();
+    }
+    let days = i64::from(f.days.unwrap_or(90).clamp(1, 365));
+    let token = format!("hbt_{}", auth::random_secret());
+    let expires = auth::now_ms() + days * 86_400_000;
+    if let Err(e) = state
+        .auth
+        .accounts
+        .create_token(user.id, name, &digest(&token), expires)
+        .await
+    {
+        return internal(e);
+    }
+    tokens_view(&state, &headers, &user, Some((name.to_owned(), token))).await
+}
+
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    if !form_ok(&state, &headers, f.csrf.as_deref()) {
+        return forbidden_form();
+    }
+    let Some(user) = session_user(&state, &headers).await else {
+        return see_other("/login");
+    };
+    match state
+        .auth
+        .accounts
+        .revoke_token(user.id, id, auth::now_ms())
+        .await
+    {
+        Ok(true) => {
+            state.auth.revoke(Credential::Token(id));
+            see_other("/tokens")
+        }
+        Ok(false) => (StatusCode::NOT_FOUND, "no such token").into_response(),
+        Err(e) => internal(e),
+    }
+}

@@ -1,0 +1,337 @@
+//! Durable history behind one trait, so the hub and the HTTP layer never see SQL and a second
+//! database can be added beside SQLite without touching them.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use crate::protocol::ChatMessage;
+use async_trait::async_trait;
+use std::sync::Arc;
+
+/// A message to store, already validated.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub room: String,
+    pub client_id: String,
+    pub user: String,
+    pub body: String,
+}
+
+/// What [`Store::append`] did.
+#[derive(Clone, Debug)]
+pub struct Appended {
+    pub message: ChatMessage,
+    /// False when the `(room, client_id)` was already stored: `message` is then the original.
+    pub created: bool,
+}
+
+/// An account as the rest of the server sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    pub display_name: String,
+}
+
+/// An account with its password hash, for logging in.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub user: User,
+    pub password_hash: String,
+}
+
+/// A personal API token as listed to its owner (the token itself is never stored).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub id: i64,
+    pub name: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("room not found")]
+    RoomNotFound,
+    #[error("that username is taken")]
+    UserExists,
+    #[error("room already exists")]
+    RoomExists,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A group commit failed; every append in it gets this.
+    #[error("database error: {0}")]
+    Batch(String),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The storage contract. Every implementation passes the same contract tests.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The room's last seq (0 for an empty room), or `None` if there is no such room.
+    async fn head(&self, room: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Creates a room.
+    async fn create_room(&self, room: &str) -> Result<(), StoreError>;
+
+    /// Stores a message with the room's next seq, or returns the original for a known `client_id`.
+    /// It returns only once the row is durably committed.
+    async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError>;
+
+    /// Up to `limit` messages with `seq > after`, oldest first.
+    async fn after(
+        &self,
+        room: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError>;
+
+    /// Up to `limit` messages with `seq < before` (all when `None`), the newest ones, oldest first.
+    async fn before(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError>;
+}
+
+/// Accounts, sessions and tokens, in the same database as the messages.
+#[async_trait]
+pub trait AccountStore: Send + Sync + 'static {
+    async fn create_user(
+        &self,
+        username: &str,
+        display_name: &str,
+        password_hash: &str,
+    ) -> Result<User, StoreError>;
+
+    async fn credentials(&self, username: &str) -> Result<Option<Credentials>, StoreError>;
+
+    /// Stores a session under the digest of its id, valid until `expires_at` (ms).
+    async fn create_session(
+        &self,
+        id_hash: &str,
+        user_id: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// The user of an unexpired session.
+    async fn session_user(&self, id_hash: &str, now: i64) -> Result<Option<User>, StoreError>;
+
+    async fn delete_session(&self, id_hash: &str) -> Result<(), StoreError>;
+
+    /// Stores a token under its digest; returns its id.
+    async fn create_token(
+        &self,
+        user_id: i64,
+        name: &str,
+        token_hash: &str,
+        expires_at: i64,
+    ) -> Result<i64, StoreError>;
+
+    /// The token id and user of an unexpired, unrevoked token.
+    async fn token_user(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Option<(i64, User)>, StoreError>;
+
+    /// Revokes one of the user's tokens; false if it has no such live token.
+    async fn revoke_token(&self, user_id: i64, token_id: i64, now: i64)
+        -> Result<bool, StoreError>;
+
+    async fn tokens(&self, user_id: i64) -> Result<Vec<TokenInfo>, StoreError>;
+}
+
+/// The store as the rest of the server holds it.
+pub type DynStore = Arc<dyn Store>;
+pub type DynAccounts = Arc<dyn AccountStore>;
+
+#[cfg(test)]
+mod contract {
+    //! The contract every store must keep, run here on SQLite in a temporary directory.
+
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path()).await.expect("open store");
+        (dir, store)
+    }
+
+    fn msg(room: &str, client_id: &str, body: &str) -> NewMessage {
+        NewMessage {
+            room: room.into(),
+            client_id: client_id.into(),
+            user: "ann".into(),
+            body: body.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn seqs_count_up_per_room_without_gaps() {
+        let (_dir, s) = store().await;
+        s.create_room("other").await.expect("create");
+        for i in 1..=5u64 {
+            let a = s
+                .append(msg("general", &format!("g{i}"), "hi"))
+                .await
+                .expect("append");
+            assert_eq!(a.message.seq, i);
+            assert!(a.created);
+        }
+        let o = s.append(msg("other", "o1", "x")).await.expect("append");
+        assert_eq!(o.message.seq, 1);
+        assert_eq!(s.head("general").await.expect("head"), Some(5));
+        assert_eq!(s.head("nowhere").await.expect("head"), None);
+    }
+
+    #[tokio::test]
+    async fn a_resent_client_id_returns_the_original() {
+        let (_dir, s) = store().await;
+        let first = s
+            .append(msg("general", "same", "one"))
+            .await
+            .expect("append");
+        let again = s
+            .append(msg("general", "same", "two"))
+            .await
+            .expect("append");
+        assert!(!again.created);
+        assert_eq!(again.message, first.message);
+        assert_eq!(s.head("general").await.expect("head"), Some(1));
+    }
+
+    #[tokio::test]
+    async fn paging_both_ways() {
+        let (_dir, s) = store().await;
+        for i in 1..=10 {
+            s.append(msg("general", &format!("c{i}"), &format!("m{i}")))
+                .await
+                .expect("append");
+        }
+        let seqs = |v: Vec<ChatMessage>| v.into_iter().map(|m| m.seq).collect::<Vec<_>>();
+        assert_eq!(
+            seqs(s.after("general", 7, 10).await.expect("after")),
+            vec![8, 9, 10]
+        );
+        assert_eq!(
+            seqs(s.after("general", 0, 2).await.expect("after")),
+            vec![1, 2]
+        );
+        assert_eq!(
+            seqs(s.before("general", None, 3).await.expect("before")),
+            vec![8, 9, 10]
+        );
+        assert_eq!(
+            seqs(s.before("general", Some(3), 5).await.expect("before")),
+            vec![1, 2]
+        );
+    }
+
+    #[tokio::test]
+    async fn accounts_sessions_and_tokens() {
+        let (_dir, s) = store().await;
+        let ann = s
+            .create_user("ann", "Ann", "$argon2id$x")
+            .await
+            .expect("user");
+        assert!(matches!(
+            s.create_user("ann", "Other", "h").await,
+            Err(StoreError::UserExists)
+        ));
+        let c = s.credentials("ann").await.expect("q").expect("found");
+        assert_eq!(
+            (c.user.clone(), c.password_hash.as_str()),
+            (ann.clone(), "$argon2id$x")
+        );
+        assert!(s.credentials("bob").await.expect("q").is_none());
+
+        s.create_session("sess", ann.id, 2_000)
+            .await
+            .expect("session");
+        assert_eq!(
+            s.session_user("sess", 1_000).await.expect("q"),
+            Some(ann.clone())
+        );
+        assert_eq!(
+            s.session_user("sess", 3_000).await.expect("q"),
+            None,
+            "expired"
+        );
+        s.delete_session("sess").await.expect("delete");
+        assert_eq!(s.session_user("sess", 1_000).await.expect("q"), None);
+
+        let t = s
+            .create_token(ann.id, "bot", "tok", 2_000)
+            .await
+            .expect("token");
+        assert_eq!(
+            s.token_user("tok", 1_000).await.expect("q"),
+            Some((t, ann.clone()))
+        );
+        assert_eq!(
+            s.token_user("tok", 3_000).await.expect("q"),
+            None,
+            "expired"
+        );
+        assert!(s.revoke_token(ann.id, t, 1_500).await.expect("revoke"));
+        assert!(!s.revoke_token(ann.id, t, 1_600).await.expect("revoke"));
+        assert_eq!(
+            s.token_user("tok", 1_000).await.expect("q"),
+            None,
+            "revoked"
+        );
+        let list = s.tokens(ann.id).await.expect("list");
+        assert_eq!(list.len(), 1);
+        assert!(list[0].revoked);
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_share_commits_and_keep_seqs_gapless() {
+        let (_dir, s) = store().await;
+        let s = std::sync::Arc::new(s);
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let room = if i % 50 == 7 { "nowhere" } else { "general" };
+                    s.append(msg(room, &format!("c{i}"), "x")).await
+                })
+            })
+            .collect();
+        let mut seqs = Vec::new();
+        let mut missing_rooms = 0;
+        for t in tasks {
+            match t.await.expect("join") {
+                Ok(a) => seqs.push(a.message.seq),
+                Err(StoreError::RoomNotFound) => missing_rooms += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        seqs.sort_unstable();
+        assert_eq!(missing_rooms, 4, "only the appends to an unknown room fail");
+        assert_eq!(seqs, (1..=196).collect::<Vec<u64>>());
+    }
+
+    #[tokio::test]
+    async fn unknown_rooms_are_not_found() {
+        let (_dir, s) = store().await;
+        assert!(matches!(
+            s.append(msg("nowhere", "c", "x")).await,
+            Err(StoreError::RoomNotFound)
+        ));
+        assert!(matches!(
+            s.create_room("general").await,
+            Err(StoreError::RoomExists)
+        ));
+    }
+}

@@ -1,0 +1,410 @@
+//! Secure by default: accounts, sessions, tokens, Origin checks and CSRF, over real HTTP and sockets.
+
+use crate::helpers::*;
+use hubbub::protocol::ServerFrame;
+use serde_json::json;
+use sqlx::Connection;
+
+async fn db(app: &TestApp) -> sqlx::SqliteConnection {
+    let url = format!(
+        "sqlite://{}",
+        app.dir.path().join("hubbub.sqlite3").display()
+    );
+    sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("open db")
+}
+
+#[tokio::test]
+async fn without_credentials_there_is_no_socket_and_no_api() {
+    let app = spawn_secure_app().await;
+    assert_eq!(app.upgrade(&[]).await.err(), Some(401));
+    // The classic path on / too.
+    let classic = tokio_tungstenite::connect_async(format!("ws://{}/", app.addr)).await;
+    assert!(
+        matches!(classic, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 401)
+    );
+    assert_eq!(
+        app.http
+            .get(app.url("/api/rooms/general/messages"))
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        401
+    );
+    assert_eq!(
+        app.post("general", json!({"body": "x"})).await.status(),
+        401
+    );
+    // A logged-out visitor of the chat is sent to the log-in page.
+    let page = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .get(app.url("/"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(page.status(), 303);
+    assert_eq!(page.headers()["location"], "/login");
+    assert_eq!(app.get_json("/healthz").await["websockets"], 0);
+}
+
+#[tokio::test]
+async fn a_session_opens_a_socket_and_the_identity_comes_from_it() {
+    let app = spawn_secure_app().await;
+    let ann = app.sign_up("ann", "Ann A.").await;
+    let mut ws = app.upgrade(&ann.cookie_headers()).await.expect("upgrade");
+    send_text(
+        &mut ws,
+        r#"{"type":"hello","user":"mallory","resume":{"general":0}}"#,
+    )
+    .await;
+    match next(&mut ws).await {
+        ServerFrame::Welcome { user, .. } => assert_eq!(user, "Ann A."),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(next(&mut ws).await, ServerFrame::Joined { .. }));
+    send_text(
+        &mut ws,
+        r#"{"type":"send","room":"general","client_id":"a1","body":"hi","user":"mallory"}"#,
+    )
+    .await;
+    let m = next_message(&mut ws).await;
+    assert_eq!(m.user, "Ann A.", "a user field in the payload is ignored");
+}
+
+#[tokio::test]
+async fn foreign_origins_get_403_for_cookie_upgrades() {
+    let app = spawn_app_with(|c| {
+        c.allow_anonymous = false;
+        c.allowed_origins = vec!["https://hubbub.example".into()];
+    })
+    .await;
+    let ann = app.sign_up_from("ann", "https://hubbub.example").await;
+    let cookie = format!("hubbub_session={}", ann.session);
+    for origin in [
+        "https://evil.example",
+        "https://hubbub.example.evil.com",
+        "https://hubbub.example:8443",
+        "http://hubbub.example",
+        "null",
+    ] {
+        let got = app
+            .upgrade(&[("Cookie", cookie.clone()), ("Origin", origin.to_owned())])
+            .await
+            .err();
+        assert_eq!(got, Some(403), "{origin}");
+    }
+    assert_eq!(
+        app.upgrade(&[("Cookie", cookie.clone())]).await.err(),
+        Some(403),
+        "no Origin"
+    );
+    assert!(app
+        .upgrade(&[
+            ("Cookie", cookie),
+            ("Origin", "https://hubbub.example".into())
+        ])
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn tokens_authenticate_without_origin_and_bad_ones_get_401() {
+    let app = spawn_secure_app().await;
+    let bob = app.sign_up("bob", "Bob").await;
+    let token = app.token(&bob, "cli").await;
+    assert!(token.starts_with("hbt_"));
+    let bearer = |t: &str| vec![("Authorization", format!("Bearer {t}"))];
+    let mut ws = app.upgrade(&bearer(&token)).await.expect("token upgrade");
+    hello(&mut ws, 0).await;
+    // The HTTP API too, and the message is Bob's.
+    let r = app
+        .http
+        .post(app.url("/api/rooms/general/messages"))
+        .bearer_auth(&token)
+        .json(&json!({"body": "via token", "user": "mallory"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 201);
+    assert_eq!(next_message(&mut ws).await.user, "Bob");
+    // Tampered.
+    let mut tampered = token.clone();
+    tampered.pop();
+    tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
+    assert_eq!(app.upgrade(&bearer(&tampered)).await.err(), Some(401));
+    assert_eq!(app.upgrade(&bearer("")).await.err(), Some(401));
+    assert_eq!(
+        app.upgrade(&[("Authorization", "Basic abc".into())])
+            .await
+            .err(),
+        Some(401)
+    );
+    // Expired.
+    let expired = app.token(&bob, "old").await;
+    sqlx::query("UPDATE api_tokens SET expires_at = 0 WHERE name = 'old'")
+        .execute(&mut db(&app).await)
+        .await
+        .expect("expire");
+    assert_eq!(app.upgrade(&bearer(&expired)).await.err(), Some(401));
+    // Stored only as a digest.
+    let stored: Vec<String> = sqlx::query_scalar("SELECT token_hash FROM api_tokens")
+        .fetch_all(&mut db(&app).await)
+        .await
+        .expect("hashes");
+    assert!(stored.iter().all(|h| h.len() == 64 && !h.contains(&token)));
+}
+
+#[tokio::test]
+async fn revoking_a_token_closes_its_open_socket() {
+    let app = spawn_secure_app().await;
+    let bob = app.sign_up("bob", "Bob").await;
+    let token = app.token(&bob, "bot").await;
+    let mut ws = app
+        .upgrade(&[("Authorization", format!("Bearer {token}"))])
+        .await
+        .expect("upgrade");
+    hello(&mut ws, 0).await;
+    let id: i64 = sqlx::query_scalar("SELECT id FROM api_tokens WHERE name = 'bot'")
+        .fetch_one(&mut db(&app).await)
+        .await
+        .expect("id");
+    let resp = app
+        .form(
+            &bob.http,
+            &format!("/auth/tokens/{id}/revoke"),
+            &bob.csrf,
+            Some(&bob.session),
+            &[],
+        )
+        .await;
+    assert_eq!(resp.status(), 303);
+    assert_eq!(close_code(&mut ws).await, 4001);
+    assert_eq!(
+        app.upgrade(&[("Authorization", format!("Bearer {token}"))])
+            .await
+            .err(),
+        Some(401)
+    );
+}
+
+#[tokio::test]
+async fn logging_out_closes_the_sessions_sockets_and_ends_the_session() {
+    let app = spawn_secure_app().await;
+    let ann = app.sign_up("ann", "Ann").await;
+    let mut a = app.upgrade(&ann.cookie_headers()).await.expect("upgrade");
+    hello(&mut a, 0).await;
+    let mut b = app.upgrade(&ann.cookie_headers()).await.expect("upgrade");
+    hello(&mut b, 0).await;
+    let resp = app
+        .form(
+            &ann.http,
+            "/auth/logout",
+            &ann.csrf,
+            Some(&ann.session),
+            &[],
+        )
+        .await;
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/login");
+    assert!(
+        set_cookie(&resp, "hubbub_session").is_some_and(|v| v.is_empty()),
+        "cookie cleared"
+    );
+    assert_eq!(close_code(&mut a).await, 4001);
+    assert_eq!(close_code(&mut b).await, 4001);
+    assert_eq!(app.upgrade(&ann.cookie_headers()).await.err(), Some(401));
+}
+
+#[tokio::test]
+async fn passwords_are_argon2id_and_cookies_carry_the_right_flags() {
+    let app = spawn_secure_app().await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let page = http.get(app.url("/signup")).send().await.expect("get");
+    let csrf_cookie = page
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("csrf cookie")
+        .to_owned();
+    assert!(csrf_cookie.contains("HttpOnly") && csrf_cookie.contains("SameSite=Strict"));
+    let csrf = set_cookie(&page, "hubbub_csrf").expect("csrf");
+    let resp = app
+        .form(
+            &http,
+            "/auth/signup",
+            &csrf,
+            None,
+            &[("username", "cleo"), ("password", "a long password")],
+        )
+        .await;
+    let flags = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("hubbub_session="))
+        .expect("session cookie")
+        .to_owned();
+    for flag in ["HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(flags.contains(flag), "{flag} in {flags}");
+    }
+    assert!(!flags.contains("Secure"), "not Secure without TLS: {flags}");
+    let hash: String =
+        sqlx::query_scalar("SELECT password_hash FROM users WHERE username = 'cleo'")
+            .fetch_one(&mut db(&app).await)
+            .await
+            .expect("hash");
+    assert!(
+        hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{hash}"
+    );
+
+    let secure = spawn_app_with(|c| {
+        c.allow_anonymous = false;
+        c.secure_cookies = true;
+    })
+    .await;
+    let page = http.get(secure.url("/login")).send().await.expect("get");
+    let cookie = page
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("cookie");
+    assert!(cookie.contains("; Secure"), "{cookie}");
+}
+
+#[tokio::test]
+async fn forms_without_csrf_or_from_elsewhere_are_rejected() {
+    let app = spawn_secure_app().await;
+    app.sign_up("ann", "Ann").await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    // No CSRF token at all (login CSRF).
+    let r = http
+        .post(app.url("/auth/login"))
+        .header("Origin", app.origin())
+        .form(&[("username", "ann"), ("password", "correct horse battery")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 403);
+    assert!(set_cookie(&r, "hubbub_session").is_none());
+    // A token that does not match the cookie.
+    let r = http
+        .post(app.url("/auth/login"))
+        .header("Origin", app.origin())
+        .header(
+            "Cookie",
+            "hubbub_csrf=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        )
+        .form(&[
+            ("username", "ann"),
+            ("password", "correct horse battery"),
+            ("csrf", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"),
+        ])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 403);
+    // A matching token from another origin.
+    let csrf = "c".repeat(43);
+    let r = http
+        .post(app.url("/auth/login"))
+        .header("Origin", "https://evil.example")
+        .header("Cookie", format!("hubbub_csrf={csrf}"))
+        .form(&[
+            ("username", "ann"),
+            ("password", "correct horse battery"),
+            ("csrf", csrf.as_str()),
+        ])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 403);
+}
+
+#[tokio::test]
+async fn log_in_rotates_the_session_and_fails_the_same_way_for_unknown_users() {
+    let app = spawn_secure_app().await;
+    let ann = app.sign_up("ann", "Ann").await;
+    let login = |username: &'static str, password: &'static str, session: Option<String>| {
+        let app = &app;
+        let ann = &ann;
+        async move {
+            app.form(
+                &ann.http,
+                "/auth/login",
+                &ann.csrf,
+                session.as_deref(),
+                &[("username", username), ("password", password)],
+            )
+            .await
+        }
+    };
+    let ok = login("ann", "correct horse battery", Some(ann.session.clone())).await;
+    assert_eq!(ok.status(), 303);
+    assert_eq!(ok.headers()["location"], "/");
+    let new_session = set_cookie(&ok, "hubbub_session").expect("new session");
+    assert_ne!(new_session, ann.session, "the session id changes at log-in");
+    assert_eq!(
+        app.upgrade(&ann.cookie_headers()).await.err(),
+        Some(401),
+        "the old one is gone"
+    );
+    let wrong = login("ann", "wrong password", None).await;
+    let unknown = login("nobody", "wrong password", None).await;
+    for r in [&wrong, &unknown] {
+        assert_eq!(r.status(), 303);
+        assert_eq!(r.headers()["location"], "/login?error=invalid");
+        assert!(set_cookie(r, "hubbub_session").is_none());
+    }
+}
+
+#[tokio::test]
+async fn repeated_failed_log_ins_are_limited_with_retry_after() {
+    let app = spawn_secure_app().await;
+    let ann = app.sign_up("ann", "Ann").await;
+    let mut statuses = Vec::new();
+    for _ in 0..11 {
+        let r = app
+            .form(
+                &ann.http,
+                "/auth/login",
+                &ann.csrf,
+                None,
+                &[("username", "ann"), ("password", "nope")],
+            )
+            .await;
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            let wait: u64 = r.headers()["retry-after"]
+                .to_str()
+                .expect("ascii")
+                .parse()
+                .expect("secs");
+            assert!(wait > 0 && wait <= 900);
+        }
+    }
+    assert_eq!(&statuses[..10], &[303; 10]);
+    assert_eq!(statuses[10], 429);
+    // Even the right password waits now.
+    let r = app
+        .form(
+            &ann.http,
+            "/auth/login",
+            &ann.csrf,
+            None,
+            &[("username", "ann"), ("password", "correct horse battery")],
+        )
+        .await;
+    assert_eq!(r.status(), 429);
+}

@@ -1,0 +1,69 @@
+//! Closing from either side, and shutdown.
+
+use crate::helpers::*;
+use futures_util::{SinkExt, StreamExt};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn a_client_close_gets_a_close_reply() {
+    let app = spawn_app().await;
+    let mut ws = app.rich(0).await;
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    })))
+    .await
+    .expect("close");
+    assert_eq!(close_code(&mut ws).await, 1000);
+    let end = tokio::time::timeout(WAIT, ws.next()).await.expect("ends");
+    assert!(end.is_none() || matches!(end, Some(Err(_))));
+}
+
+#[tokio::test]
+async fn stopping_the_server_closes_every_socket_with_1001() {
+    let mut app = spawn_app().await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(app.rich(0).await);
+    }
+    clients.push(app.classic("/").await);
+    app.stop();
+    for ws in clients.iter_mut() {
+        assert_eq!(close_code(ws).await, 1001);
+    }
+    let res = tokio::time::timeout(Duration::from_secs(5), &mut app.handle)
+        .await
+        .expect("run returns within 5 s");
+    assert!(matches!(res, Ok(Ok(()))));
+}
+
+#[tokio::test]
+async fn sigterm_closes_every_socket_with_1001_and_exits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = ServerProcess::start(dir.path(), &[]);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr))
+            .await
+            .expect("connect");
+        clients.push(ws);
+    }
+    let started = Instant::now();
+    server.signal("-TERM");
+    for ws in clients.iter_mut() {
+        assert_eq!(close_code(ws).await, 1001);
+    }
+    let mut child = std::mem::replace(
+        &mut server.child,
+        std::process::Command::new("true").spawn().expect("true"),
+    );
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(exit.success(), "clean exit, got {exit:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

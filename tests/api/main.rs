@@ -1,0 +1,11 @@
+//! Integration tests: the real server on a real port, driven over real sockets and HTTP.
+
+mod helpers;
+
+mod auth;
+mod bad_input;
+mod fanout;
+mod faults;
+mod history;
+mod lifecycle;
+mod limits;
