@@ -261,35 +261,49 @@ impl Connection {
     }
 
     async fn serve(&mut self, socket: &mut WebSocket) -> Result<(), End> {
+        // The signals that rarely fire stay registered across wake-ups instead of being set up and
+        // torn down for every delivery (the shutdown and revocation ones are shared by every
+        // connection).
         let mut shutdown = self.state.shutdown.subscribe();
-        let mut revocations = self.state.auth.revocations();
+        let stop = stopping(&mut shutdown);
+        tokio::pin!(stop);
+        let mut revoked = Box::pin(next_revocation(self.state.auth.revocations()));
+        let mut revocations_open = true;
         let lag = self.sub.lag_signal();
+        let lagged = lag.notified();
+        tokio::pin!(lagged);
         let every = self.state.ws_limits.ping_interval;
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Whether a ping is out that the client has not answered (any frame counts as an answer).
         let mut awaiting_pong = false;
         if self.mode == Mode::Classic {
-            self.join(socket, DEFAULT_ROOM, None).await?;
+            Box::pin(self.join(socket, DEFAULT_ROOM, None)).await?;
         }
         loop {
             tokio::select! {
                 biased;
-                _ = stopping(&mut shutdown) => {
+                _ = &mut stop => {
                     return Err(End::Close(close::GOING_AWAY, "server shutting down"));
                 }
-                revoked = revocations.recv() => match revoked {
-                    Ok(Revoked(c)) if c == self.identity.credential => {
-                        return Err(End::Close(close::REVOKED, "logged out"));
-                    }
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        // Notices were missed: check our own credential directly.
-                        if !self.state.auth.still_valid(&self.identity.credential).await {
+                (notice, receiver) = &mut revoked, if revocations_open => {
+                    revoked.set(next_revocation(receiver));
+                    match notice {
+                        Ok(Revoked(c)) if c == self.identity.credential => {
                             return Err(End::Close(close::REVOKED, "logged out"));
                         }
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            // Notices were missed: check our own credential directly.
+                            if !self.state.auth.still_valid(&self.identity.credential).await {
+                                return Err(End::Close(close::REVOKED, "logged out"));
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            // No more notices will come.
+                            revocations_open = false;
+                        }
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
                 },
                 _ = heartbeat.tick() => {
                     if awaiting_pong {
@@ -304,7 +318,9 @@ impl Connection {
                     }
                     match incoming {
                         None => return Ok(()),
-                        Some(Ok(Message::Text(t))) => self.on_text(socket, t).await?,
+                        // Boxed, like every rare and deep path below: the task's future keeps
+                        // only what an idle connection needs, which is most of its memory.
+                        Some(Ok(Message::Text(t))) => Box::pin(self.on_text(socket, t)).await?,
                         Some(Ok(Message::Binary(_))) => {
                             return Err(End::Close(
                                 close::UNSUPPORTED_DATA,
@@ -317,10 +333,11 @@ impl Connection {
                         Some(Err(e)) => return Err(close_for(e)),
                     }
                 }
-                _ = lag.notified() => {
+                _ = &mut lagged => {
+                    lagged.set(lag.notified());
                     let rooms: Vec<Arc<str>> = self.cursors.keys().cloned().collect();
                     for room in rooms {
-                        self.replay(socket, &room).await?;
+                        Box::pin(self.replay(socket, &room)).await?;
                     }
                     flush(socket).await?;
                 }
@@ -340,23 +357,21 @@ impl Connection {
 
     /// Queues one delivery for the socket, first replaying from storage any seqs it skipped.
     async fn deliver(&mut self, socket: &mut WebSocket, d: Arc<Delivery>) -> Result<(), End> {
-        let Some(&cursor) = self.cursors.get(&d.room) else {
+        let Some(cursor) = self.cursors.get_mut(&d.room) else {
             return Ok(()); // left the room since it was queued
         };
-        if d.seq <= cursor {
+        if d.seq <= *cursor {
             return Ok(()); // already sent by a replay
         }
-        if d.seq > cursor + 1 {
-            self.replay(socket, &d.room).await?;
-            return Ok(());
+        if d.seq == *cursor + 1 {
+            *cursor = d.seq;
+            let bytes = match self.mode {
+                Mode::Rich => d.rich.clone(),
+                Mode::Classic => d.classic.clone(),
+            };
+            return feed(socket, text(bytes)).await;
         }
-        let bytes = match self.mode {
-            Mode::Rich => d.rich.clone(),
-            Mode::Classic => d.classic.clone(),
-        };
-        feed(socket, text(bytes)).await?;
-        self.cursors.insert(Arc::clone(&d.room), d.seq);
-        Ok(())
+        Box::pin(self.replay(socket, &d.room)).await
     }
 
     /// Sends every stored message after the room's cursor, in batches, and moves the cursor.
@@ -600,6 +615,18 @@ impl Connection {
             }
         }
     }
+}
+
+/// The next notice of a logged-out session or revoked token, with the receiver to wait for the
+/// one after.
+async fn next_revocation(
+    mut receiver: tokio::sync::broadcast::Receiver<Revoked>,
+) -> (
+    Result<Revoked, tokio::sync::broadcast::error::RecvError>,
+    tokio::sync::broadcast::Receiver<Revoked>,
+) {
+    let notice = receiver.recv().await;
+    (notice, receiver)
 }
 
 /// Resolves once the server starts shutting down.

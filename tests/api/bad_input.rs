@@ -89,6 +89,82 @@ async fn an_oversized_frame_is_closed_with_1009() {
     still_usable(&mut other).await;
 }
 
+/// A client that is still sending an oversized message when the server refuses it must still read
+/// the Close 1009: the server keeps reading (and dropping) the rest instead of resetting the
+/// connection, which would destroy the close frame and fail the client's writes.
+#[tokio::test]
+async fn a_client_still_sending_an_oversized_message_reads_close_1009() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SIZE: usize = 4 * 1024 * 1024;
+    let app = spawn_app().await;
+    for round in 0..5 {
+        let mut tcp = tokio::net::TcpStream::connect(app.addr)
+            .await
+            .expect("connect");
+        let head = format!(
+            "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: hubbub.v1\r\n\r\n",
+            app.addr
+        );
+        tcp.write_all(head.as_bytes()).await.expect("handshake");
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            tcp.read_exact(&mut byte).await.expect("101 head");
+            answer.push(byte[0]);
+        }
+        assert!(answer.starts_with(b"HTTP/1.1 101"), "round {round}");
+        let (mut rd, mut wr) = tcp.into_split();
+        // One masked 4 MiB text frame, written in 64 KiB pieces, then FIN.
+        let writer = tokio::spawn(async move {
+            let mut frame = vec![0x81u8, 0x80 | 127];
+            frame.extend_from_slice(&(SIZE as u64).to_be_bytes());
+            frame.extend_from_slice(&[1, 2, 3, 4]);
+            wr.write_all(&frame).await?;
+            let piece = vec![b'x'; 64 * 1024];
+            for _ in 0..SIZE / piece.len() {
+                wr.write_all(&piece).await?;
+            }
+            wr.shutdown().await
+        });
+        let mut received = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            rd.read_to_end(&mut received),
+        )
+        .await
+        .expect("the server closes the connection");
+        assert!(read.is_ok(), "round {round}: reading ended with {read:?}");
+        writer
+            .await
+            .expect("writer task")
+            .unwrap_or_else(|e| panic!("round {round}: the server reset the upload: {e}"));
+        // Walk the server's (unmasked) frames to the close frame.
+        let mut at = 0;
+        let mut close = None;
+        while at + 2 <= received.len() {
+            let (opcode, len7) = (received[at] & 0x0f, received[at + 1] & 0x7f);
+            let (len, start) = match len7 {
+                126 => (
+                    u16::from_be_bytes([received[at + 2], received[at + 3]]) as usize,
+                    at + 4,
+                ),
+                127 => (usize::MAX / 2, at + 10),
+                n => (n as usize, at + 2),
+            };
+            if opcode == 0x8 {
+                close = Some(u16::from_be_bytes([received[start], received[start + 1]]));
+                break;
+            }
+            at = start + len;
+        }
+        assert_eq!(close, Some(1009), "round {round}: {received:?}");
+    }
+    let mut other = app.rich(0).await;
+    still_usable(&mut other).await;
+}
+
 #[tokio::test]
 async fn a_binary_frame_is_closed_with_1003() {
     let app = spawn_app().await;

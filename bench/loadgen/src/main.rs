@@ -11,9 +11,10 @@ use clap::{Parser, ValueEnum};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -28,6 +29,14 @@ enum Protocol {
     Classic,
     /// hubbub's `hubbub.v1` subprotocol.
     Hubbub,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Via {
+    /// Over the sender's own WebSocket.
+    Ws,
+    /// By HTTP POST to hubbub's `/api/rooms/{room}/messages` (one keep-alive connection per sender).
+    Http,
 }
 
 #[derive(Debug, Parser)]
@@ -52,6 +61,9 @@ struct Args {
     /// How many of the connections also send.
     #[arg(long, default_value_t = 1)]
     senders: usize,
+    /// How senders send their messages.
+    #[arg(long, value_enum, default_value = "ws")]
+    send_via: Via,
     /// Messages per second per sender.
     #[arg(long, default_value_t = 10.0)]
     rate: f64,
@@ -174,11 +186,53 @@ fn parse_body(body: &str) -> Option<(usize, u64, u64)> {
     ))
 }
 
+/// The latest arrival of each message over all receivers, in µs after it was due: when the last
+/// member of the room had it. Indexed by sender and message number.
+struct LastArrival {
+    per_sender: u64,
+    slots: Vec<AtomicU32>,
+}
+
+impl LastArrival {
+    fn new(senders: usize, per_sender: u64) -> Self {
+        let len = usize::try_from(per_sender).unwrap_or(0) * senders;
+        LastArrival {
+            per_sender,
+            slots: (0..len).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    fn record(&self, sender: usize, n: u64, latency_us: u32) {
+        if n == 0 || n > self.per_sender {
+            return;
+        }
+        let i = sender as u64 * self.per_sender + (n - 1);
+        if let Some(slot) = usize::try_from(i).ok().and_then(|i| self.slots.get(i)) {
+            // Stored plus one, so that zero means "never arrived".
+            slot.fetch_max(latency_us.saturating_add(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Sorted latencies, one per message that reached at least one member.
+    fn sorted(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .slots
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .filter(|&l| l > 0)
+            .map(|l| l - 1)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
 async fn receive(
     mut stream: SplitStream<Ws>,
     protocol: Protocol,
     senders: usize,
     start: Instant,
+    last_arrival: Arc<LastArrival>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Seen {
     let mut seen = Seen::default();
@@ -212,8 +266,9 @@ async fn receive(
             continue;
         }
         let now_us = start.elapsed().as_micros() as u64;
-        seen.latencies
-            .push(u32::try_from(now_us.saturating_sub(due_us)).unwrap_or(u32::MAX));
+        let latency = u32::try_from(now_us.saturating_sub(due_us)).unwrap_or(u32::MAX);
+        seen.latencies.push(latency);
+        last_arrival.record(sender, n, latency);
         seen.received += 1;
         let prev = last[sender];
         if n <= prev {
@@ -226,6 +281,81 @@ async fn receive(
     seen
 }
 
+/// A minimal HTTP/1.1 client for one keep-alive connection: enough to POST JSON and read the answer.
+struct HttpPoster {
+    conn: BufReader<TcpStream>,
+    host: String,
+    path: String,
+    auth: String,
+}
+
+impl HttpPoster {
+    async fn connect(args: &Args) -> Result<Self, String> {
+        let rest = args
+            .url
+            .strip_prefix("ws://")
+            .ok_or("--send-via http needs a ws:// URL")?;
+        let host = rest.split('/').next().unwrap_or(rest).to_owned();
+        let conn = TcpStream::connect(&host)
+            .await
+            .map_err(|e| format!("{host}: {e}"))?;
+        let _ = conn.set_nodelay(true);
+        let auth = match &args.token {
+            Some(t) => format!("Authorization: Bearer {t}\r\n"),
+            None => String::new(),
+        };
+        Ok(HttpPoster {
+            conn: BufReader::new(conn),
+            host,
+            path: format!("/api/rooms/{}/messages", args.room),
+            auth,
+        })
+    }
+
+    /// Posts `body` and returns the status code once the whole answer is read.
+    async fn post(&mut self, body: &str) -> Result<u16, String> {
+        let request = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.path,
+            self.host,
+            self.auth,
+            body.len()
+        );
+        let io = |e: std::io::Error| e.to_string();
+        self.conn
+            .get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .map_err(io)?;
+        let mut line = String::new();
+        self.conn.read_line(&mut line).await.map_err(io)?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line {line:?}"))?;
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            if self.conn.read_line(&mut line).await.map_err(io)? == 0 {
+                return Err("connection closed mid-answer".into());
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().map_err(|_| "bad content-length")?;
+                }
+            }
+        }
+        let mut answer = vec![0u8; length];
+        self.conn.read_exact(&mut answer).await.map_err(io)?;
+        Ok(status)
+    }
+}
+
 async fn send(
     mut sink: SplitSink<Ws, Message>,
     args: Arc<Args>,
@@ -234,7 +364,17 @@ async fn send(
     sent: Arc<AtomicU64>,
 ) {
     let period = Duration::from_secs_f64(1.0 / args.rate);
-    let total = (args.duration * args.rate).floor() as u64;
+    let total = messages_per_sender(&args);
+    let mut http = match args.send_via {
+        Via::Ws => None,
+        Via::Http => match HttpPoster::connect(&args).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("sender {sender}: {e}");
+                return;
+            }
+        },
+    };
     // Spread the senders over one period so they do not all fire at once.
     let offset = period.mul_f64(sender as f64 / args.senders.max(1) as f64);
     let run = std::process::id();
@@ -243,6 +383,22 @@ async fn send(
         tokio::time::sleep_until(due.into()).await;
         let due_us = due.duration_since(start).as_micros() as u64;
         let text = body(sender, n, due_us, args.size);
+        if let Some(poster) = http.as_mut() {
+            let post = json!({"body": text, "user": format!("lg{sender}"), "client_id": format!("lg-{run}-{sender}-{n}")});
+            match poster.post(&post.to_string()).await {
+                Ok(status) if (200..300).contains(&status) => {}
+                Ok(status) => {
+                    eprintln!("sender {sender}: POST answered {status}");
+                    return;
+                }
+                Err(e) => {
+                    eprintln!("sender {sender}: POST failed: {e}");
+                    return;
+                }
+            }
+            sent.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let frame = match args.protocol {
             Protocol::Classic => json!({"user": format!("lg{sender}"), "message": text}),
             Protocol::Hubbub => json!({
@@ -260,6 +416,10 @@ async fn send(
     }
 }
 
+fn messages_per_sender(args: &Args) -> u64 {
+    (args.duration * args.rate).floor() as u64
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Arc::new(Args::parse());
@@ -267,6 +427,11 @@ async fn main() -> std::process::ExitCode {
         eprintln!("hubbub-loadgen: need senders <= clients and a positive rate");
         return std::process::ExitCode::FAILURE;
     }
+    if args.send_via == Via::Http && args.protocol != Protocol::Hubbub {
+        eprintln!("hubbub-loadgen: --send-via http is for hubbub's HTTP API (--protocol hubbub)");
+        return std::process::ExitCode::FAILURE;
+    }
+    let last_arrival = Arc::new(LastArrival::new(args.senders, messages_per_sender(&args)));
     let before = args.server_pid.and_then(proc_stats);
 
     // Connect everyone, a batch at a time.
@@ -321,6 +486,7 @@ async fn main() -> std::process::ExitCode {
             args.protocol,
             args.senders,
             start,
+            Arc::clone(&last_arrival),
             stop.clone(),
         )));
         if i < args.senders {
@@ -376,6 +542,8 @@ async fn main() -> std::process::ExitCode {
     }
     latencies.sort_unstable();
     handshakes.sort_unstable();
+    let last = last_arrival.sorted();
+    let handshakes_per_sec = clients as f64 / connect_secs.max(1e-9);
 
     let deliveries_per_sec = received as f64 / sending_secs;
     let p = |q| percentile(&latencies, q);
@@ -388,10 +556,11 @@ async fn main() -> std::process::ExitCode {
         args.clients
     );
     println!(
-        "  handshake ms     p50 {:.2}  p99 {:.2}  max {:.2}",
+        "  handshake ms     p50 {:.2}  p99 {:.2}  max {:.2}  ({handshakes_per_sec:.0} handshakes/s, {} at a time)",
         percentile(&handshakes, 0.5),
         percentile(&handshakes, 0.99),
-        percentile(&handshakes, 1.0)
+        percentile(&handshakes, 1.0),
+        args.connect_concurrency
     );
     println!(
         "  offered          {} senders × {} msg/s for {} s = {:.0} deliveries/s",
@@ -414,6 +583,12 @@ async fn main() -> std::process::ExitCode {
         p(0.99),
         p(0.999),
         p(1.0)
+    );
+    println!(
+        "  last member ms   p50 {:.2}  p99 {:.2}  max {:.2}  (until every member had the message)",
+        percentile(&last, 0.5),
+        percentile(&last, 0.99),
+        percentile(&last, 1.0)
     );
     let mut rss_per_conn_kib = None;
     let mut cpu_us_per_delivery = None;
@@ -442,8 +617,12 @@ async fn main() -> std::process::ExitCode {
             "duplicates_or_reordered": dups,
             "deliveries_per_sec": deliveries_per_sec,
             "latency_ms": {"p50": p(0.5), "p90": p(0.9), "p99": p(0.99), "p999": p(0.999), "max": p(1.0)},
+            "send_via": format!("{:?}", args.send_via).to_lowercase(),
             "handshake_ms": {"p50": percentile(&handshakes, 0.5), "p99": percentile(&handshakes, 0.99)},
+            "handshakes_per_sec": handshakes_per_sec,
+            "last_member_ms": {"p50": percentile(&last, 0.5), "p99": percentile(&last, 0.99), "max": percentile(&last, 1.0)},
             "rss_per_connection_kib": rss_per_conn_kib,
+            "server_rss_kib": {"before": before.map(|b| b.0), "idle": idle.map(|i| i.0), "after": after.map(|x| x.0)},
             "cpu_us_per_delivery": cpu_us_per_delivery,
         });
         println!("{report}");
