@@ -6,10 +6,12 @@
 //! per-room cursor), so a slow reader is resynced, never silently skipped.
 
 use axum::extract::ws::Utf8Bytes;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use futures_util::task::AtomicWaker;
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::{mpsc, Notify};
+use std::task::Poll;
 
 /// One stored message, encoded once for every kind of subscriber.
 #[derive(Debug)]
@@ -22,14 +24,25 @@ pub struct Delivery {
     pub classic: Utf8Bytes,
 }
 
+/// What a member receives next.
+#[derive(Debug)]
+pub enum Event {
+    Delivery(Arc<Delivery>),
+    /// Deliveries were dropped because the queue was full: re-read every room from storage.
+    Lagged,
+}
+
 /// The hub's handle: cheap to clone, shared by every connection and the HTTP API.
 #[derive(Clone)]
 pub struct Hub {
     inner: Arc<Inner>,
 }
 
+/// Room name → member id → that member's queue.
+type Rooms = HashMap<Arc<str>, HashMap<u64, Arc<Queue>>>;
+
 struct Inner {
-    rooms: Mutex<HashMap<Arc<str>, HashMap<u64, Member>>>,
+    rooms: Mutex<Rooms>,
     next_id: AtomicU64,
     /// Deliveries that found a member's queue full since start (each one triggers a resync).
     overflows: AtomicU64,
@@ -39,21 +52,72 @@ struct Inner {
     queue_bytes: usize,
 }
 
-#[derive(Clone)]
-struct Member {
-    tx: mpsc::Sender<Arc<Delivery>>,
-    lagged: Arc<Notify>,
-    /// Bytes of the frames in the queue.
-    queued: Arc<AtomicUsize>,
+/// A member's queue: one small allocation per connection, empty until something is queued (an
+/// idle connection's memory is most of what a server with many connections holds).
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    /// The member's task, woken when something is queued or the queue overflowed.
+    waker: AtomicWaker,
 }
 
-/// A connection's membership: its queue, its lag signal, and the rooms it is in. Dropping it leaves
-/// every room.
+#[derive(Default)]
+struct QueueState {
+    items: VecDeque<Arc<Delivery>>,
+    /// Bytes of the frames in `items`.
+    bytes: usize,
+    lagged: bool,
+}
+
+enum Pushed {
+    Queued,
+    Overflowed,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // Every update under this lock is a single push, pop or flag: a panic cannot leave it
+        // half-done, so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, d: &Arc<Delivery>, max_len: usize, max_bytes: usize) -> Pushed {
+        let size = d.size();
+        let pushed = {
+            let mut st = self.lock();
+            if st.lagged {
+                // It resyncs from storage anyway; this one will be read there.
+                Pushed::Overflowed
+            } else if st.items.len() >= max_len || st.bytes + size > max_bytes {
+                st.lagged = true;
+                Pushed::Overflowed
+            } else {
+                st.items.push_back(Arc::clone(d));
+                st.bytes += size;
+                Pushed::Queued
+            }
+        };
+        self.waker.wake();
+        pushed
+    }
+
+    fn pop(&self) -> Option<Event> {
+        let mut st = self.lock();
+        if st.lagged {
+            st.lagged = false;
+            return Some(Event::Lagged);
+        }
+        let d = st.items.pop_front()?;
+        st.bytes -= d.size();
+        Some(Event::Delivery(d))
+    }
+}
+
+/// A connection's membership: its queue and the rooms it is in. Dropping it leaves every room.
 pub struct Subscriber {
     id: u64,
     hub: Hub,
-    member: Member,
-    rx: mpsc::Receiver<Arc<Delivery>>,
+    queue: Arc<Queue>,
     rooms: Vec<Arc<str>>,
 }
 
@@ -77,7 +141,7 @@ impl Hub {
         }
     }
 
-    fn rooms(&self) -> MutexGuard<'_, HashMap<Arc<str>, HashMap<u64, Member>>> {
+    fn rooms(&self) -> MutexGuard<'_, Rooms> {
         // A panic while holding this lock cannot leave the map half-updated (every update is one
         // insert or remove), so a poisoned lock is still safe to use.
         self.inner
@@ -88,16 +152,10 @@ impl Hub {
 
     /// Creates a member with its own queue; it receives nothing until it joins a room.
     pub fn subscribe(&self) -> Subscriber {
-        let (tx, rx) = mpsc::channel(self.inner.queue_len);
         Subscriber {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             hub: self.clone(),
-            member: Member {
-                tx,
-                lagged: Arc::new(Notify::new()),
-                queued: Arc::new(AtomicUsize::new(0)),
-            },
-            rx,
+            queue: Arc::default(),
             rooms: Vec::new(),
         }
     }
@@ -106,34 +164,16 @@ impl Hub {
     /// Returns how many members got it in their queue.
     pub fn publish(&self, delivery: Delivery) -> usize {
         let delivery = Arc::new(delivery);
+        let (max_len, max_bytes) = (self.inner.queue_len, self.inner.queue_bytes);
         let mut delivered = 0;
-        let mut gone = Vec::new();
-        let mut rooms = self.rooms();
+        let rooms = self.rooms();
         if let Some(members) = rooms.get(&delivery.room) {
-            let size = delivery.size();
-            for (id, member) in members {
-                if member.queued.load(Ordering::Relaxed) + size > self.inner.queue_bytes {
-                    self.inner.overflows.fetch_add(1, Ordering::Relaxed);
-                    member.lagged.notify_one();
-                    continue;
-                }
-                match member.tx.try_send(Arc::clone(&delivery)) {
-                    Ok(()) => {
-                        member.queued.fetch_add(size, Ordering::Relaxed);
-                        delivered += 1;
-                    }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
+            for queue in members.values() {
+                match queue.push(&delivery, max_len, max_bytes) {
+                    Pushed::Queued => delivered += 1,
+                    Pushed::Overflowed => {
                         self.inner.overflows.fetch_add(1, Ordering::Relaxed);
-                        member.lagged.notify_one();
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => gone.push(*id),
-                }
-            }
-        }
-        if !gone.is_empty() {
-            if let Some(members) = rooms.get_mut(&delivery.room) {
-                for id in gone {
-                    members.remove(&id);
                 }
             }
         }
@@ -163,7 +203,7 @@ impl Subscriber {
             .rooms()
             .entry(Arc::clone(&room))
             .or_default()
-            .insert(self.id, self.member.clone());
+            .insert(self.id, Arc::clone(&self.queue));
         self.rooms.push(room);
     }
 
@@ -178,30 +218,30 @@ impl Subscriber {
         }
     }
 
-    /// Signalled when a delivery could not be queued for this member: it must resync from storage.
-    pub fn lag_signal(&self) -> Arc<Notify> {
-        Arc::clone(&self.member.lagged)
-    }
-
     pub fn id(&self) -> u64 {
         self.id
     }
 
-    fn taken(&self, d: Arc<Delivery>) -> Arc<Delivery> {
-        self.member.queued.fetch_sub(d.size(), Ordering::Relaxed);
-        d
+    /// The next event; pending until something is queued.
+    pub async fn recv(&mut self) -> Event {
+        let queue = &self.queue;
+        poll_fn(|cx| {
+            if let Some(event) = queue.pop() {
+                return Poll::Ready(event);
+            }
+            queue.waker.register(cx.waker());
+            // A push between the pop and the register would have found no waker: look again.
+            match queue.pop() {
+                Some(event) => Poll::Ready(event),
+                None => Poll::Pending,
+            }
+        })
+        .await
     }
 
-    /// The next delivery; pending forever once the hub is gone (it never is while we hold it).
-    pub async fn recv(&mut self) -> Option<Arc<Delivery>> {
-        let d = self.rx.recv().await?;
-        Some(self.taken(d))
-    }
-
-    /// The next delivery if one is queued.
-    pub fn try_recv(&mut self) -> Option<Arc<Delivery>> {
-        let d = self.rx.try_recv().ok()?;
-        Some(self.taken(d))
+    /// The next event if one is queued.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.queue.pop()
     }
 }
 
@@ -226,6 +266,13 @@ mod tests {
         }
     }
 
+    fn seq(event: Option<Event>) -> Option<u64> {
+        match event {
+            Some(Event::Delivery(d)) => Some(d.seq),
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn members_get_their_rooms_only() {
         let hub = Hub::new(8, 1 << 20);
@@ -234,7 +281,7 @@ mod tests {
         a.join("general");
         b.join("other");
         assert_eq!(hub.publish(delivery("general", 1)), 1);
-        assert_eq!(a.recv().await.map(|d| d.seq), Some(1));
+        assert_eq!(seq(Some(a.recv().await)), Some(1));
         assert!(b.try_recv().is_none());
     }
 
@@ -246,12 +293,13 @@ mod tests {
         for seq in 1..=3 {
             hub.publish(delivery("general", seq));
         }
-        // The third did not fit: the member is told it lagged, and keeps what was queued.
-        tokio::time::timeout(std::time::Duration::from_secs(1), a.lag_signal().notified())
-            .await
-            .expect("lag signalled");
-        assert_eq!(a.recv().await.map(|d| d.seq), Some(1));
-        assert_eq!(a.recv().await.map(|d| d.seq), Some(2));
+        // The third did not fit: the member is told it lagged first (it resyncs from storage),
+        // then gets what was queued, which its cursor skips or uses.
+        assert!(matches!(a.recv().await, Event::Lagged));
+        assert_eq!(seq(a.try_recv()), Some(1));
+        assert_eq!(seq(a.try_recv()), Some(2));
+        assert!(a.try_recv().is_none());
+        assert_eq!(hub.overflows(), 1);
     }
 
     #[tokio::test]
@@ -264,11 +312,27 @@ mod tests {
         big.rich = Utf8Bytes::from("x".repeat(9));
         assert_eq!(hub.publish(big), 0);
         assert_eq!(hub.overflows(), 1);
-        assert_eq!(a.recv().await.map(|d| d.seq), Some(1));
+        assert!(matches!(a.recv().await, Event::Lagged));
+        assert_eq!(seq(a.try_recv()), Some(1));
         // Once drained, the queue takes the big one.
         let mut big = delivery("general", 2);
         big.rich = Utf8Bytes::from("x".repeat(9));
         assert_eq!(hub.publish(big), 1);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_member_is_woken_by_a_publish() {
+        let hub = Hub::new(8, 1 << 20);
+        let mut a = hub.subscribe();
+        a.join("general");
+        let waiting = tokio::spawn(async move { seq(Some(a.recv().await)) });
+        tokio::task::yield_now().await;
+        hub.publish(delivery("general", 7));
+        let got = tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert_eq!(got, Some(7));
     }
 
     #[tokio::test]

@@ -6,10 +6,11 @@ use crate::protocol::{
     self, close, ClassicMessage, ClientFrame, ErrorCode, ServerFrame, DEFAULT_ROOM,
     MAX_FRAME_BYTES, SUBPROTOCOL,
 };
+use crate::server::auth::Auth;
 use crate::server::auth::{Identity, Revoked};
-use crate::server::chat::{encode, server_client_id};
+use crate::server::chat::{encode, server_client_id, Chat};
 use crate::server::error::AppError;
-use crate::server::hub::{Delivery, Subscriber};
+use crate::server::hub::{Delivery, Event, Subscriber};
 use crate::server::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
@@ -27,7 +28,7 @@ const REPLAY_BATCH: usize = 256;
 /// Deliveries written before one flush.
 const WRITE_BATCH: usize = 64;
 /// Initial read buffer per connection; the default (128 KiB) dominates idle memory.
-const READ_BUFFER: usize = 1024;
+const READ_BUFFER: usize = 512;
 /// How long to wait for the peer's close reply after the server closed.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How long a slow consumer's close frame may wait behind its backlog. The connection has left the
@@ -105,12 +106,15 @@ pub async fn upgrade(
     } else {
         Mode::Classic
     };
+    // Everything the task needs is made here and captured boxed: what the task's future captures
+    // stays in it for the socket's whole life.
+    let guard = state.connections.enter();
+    let limit = state.ws_limits.send_timeout;
+    let conn = Box::new(Connection::new(state, mode, identity));
     ws.on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |socket| async move {
-            let _guard = state.connections.enter();
+            let _guard = guard;
             let _slot = slot;
-            let limit = state.ws_limits.send_timeout;
-            let conn = Connection::new(state, mode, identity);
             SEND_TIMEOUT.scope(limit, conn.run(socket)).await;
         })
 }
@@ -152,7 +156,12 @@ enum End {
 }
 
 struct Connection {
-    state: AppState,
+    /// Only the handles a connection uses, not the whole `AppState`: this struct lives as long as
+    /// the socket, so its size is paid per idle connection.
+    chat: Chat,
+    auth: Auth,
+    limits: Limits,
+    shutdown: tokio::sync::watch::Receiver<bool>,
     mode: Mode,
     sub: Subscriber,
     /// Last seq this client has been sent (or told of) in each joined room.
@@ -236,7 +245,10 @@ impl Connection {
         let sub = state.chat.hub.subscribe();
         let rate = state.ws_limits.message_rate;
         Connection {
-            state,
+            shutdown: state.shutdown.subscribe(),
+            chat: state.chat,
+            auth: state.auth,
+            limits: state.ws_limits,
             mode,
             sub,
             identity,
@@ -247,7 +259,8 @@ impl Connection {
         }
     }
 
-    async fn run(mut self, mut socket: WebSocket) {
+    /// Serves the socket to its end. Boxed, so the task's future holds a pointer to it.
+    async fn run(mut self: Box<Self>, mut socket: WebSocket) {
         let id = self.sub.id();
         tracing::debug!(conn = id, mode = ?self.mode, "connected");
         let end = match self.serve(&mut socket).await {
@@ -256,23 +269,22 @@ impl Connection {
         };
         // Leave the hub before the close handshake: nothing more is queued for this client.
         drop(self);
-        finish(socket, end).await;
+        Box::pin(finish(socket, end)).await;
         tracing::debug!(conn = id, "disconnected");
     }
 
+    /// The connection's loop. An idle connection waits here, so the state kept across its waits is
+    /// what every connection costs: each branch's work is boxed (allocated only while it runs).
     async fn serve(&mut self, socket: &mut WebSocket) -> Result<(), End> {
         // The signals that rarely fire stay registered across wake-ups instead of being set up and
         // torn down for every delivery (the shutdown and revocation ones are shared by every
         // connection).
-        let mut shutdown = self.state.shutdown.subscribe();
+        let mut shutdown = self.shutdown.clone();
         let stop = stopping(&mut shutdown);
         tokio::pin!(stop);
-        let mut revoked = Box::pin(next_revocation(self.state.auth.revocations()));
+        let mut revoked = Box::pin(next_revocation(self.auth.revocations()));
         let mut revocations_open = true;
-        let lag = self.sub.lag_signal();
-        let lagged = lag.notified();
-        tokio::pin!(lagged);
-        let every = self.state.ws_limits.ping_interval;
+        let every = self.limits.ping_interval;
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Whether a ping is out that the client has not answered (any frame counts as an answer).
@@ -295,7 +307,8 @@ impl Connection {
                         Ok(_) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             // Notices were missed: check our own credential directly.
-                            if !self.state.auth.still_valid(&self.identity.credential).await {
+                            let check = self.auth.still_valid(&self.identity.credential);
+                            if !Box::pin(check).await {
                                 return Err(End::Close(close::REVOKED, "logged out"));
                             }
                         }
@@ -310,7 +323,7 @@ impl Connection {
                         return Err(End::Close(close::HEARTBEAT_TIMEOUT, "no answer to ping"));
                     }
                     awaiting_pong = true;
-                    send(socket, Message::Ping(Default::default())).await?;
+                    Box::pin(send(socket, Message::Ping(Default::default()))).await?;
                 }
                 incoming = socket.recv() => {
                     if matches!(incoming, Some(Ok(_))) {
@@ -318,8 +331,6 @@ impl Connection {
                     }
                     match incoming {
                         None => return Ok(()),
-                        // Boxed, like every rare and deep path below: the task's future keeps
-                        // only what an idle connection needs, which is most of its memory.
                         Some(Ok(Message::Text(t))) => Box::pin(self.on_text(socket, t)).await?,
                         Some(Ok(Message::Binary(_))) => {
                             return Err(End::Close(
@@ -333,26 +344,41 @@ impl Connection {
                         Some(Err(e)) => return Err(close_for(e)),
                     }
                 }
-                _ = &mut lagged => {
-                    lagged.set(lag.notified());
-                    let rooms: Vec<Arc<str>> = self.cursors.keys().cloned().collect();
-                    for room in rooms {
-                        Box::pin(self.replay(socket, &room)).await?;
-                    }
-                    flush(socket).await?;
-                }
-                Some(d) = self.sub.recv() => {
-                    self.deliver(socket, d).await?;
-                    let mut n = 1;
-                    while n < WRITE_BATCH {
-                        let Some(d) = self.sub.try_recv() else { break };
-                        self.deliver(socket, d).await?;
-                        n += 1;
-                    }
-                    flush(socket).await?;
-                }
+                event = self.sub.recv() => match event {
+                    Event::Delivery(d) => Box::pin(self.deliver_batch(socket, d)).await?,
+                    Event::Lagged => Box::pin(self.resync(socket)).await?,
+                },
             }
         }
+    }
+
+    /// Writes `first` and whatever else is queued (up to a batch), then flushes them in one go.
+    async fn deliver_batch(
+        &mut self,
+        socket: &mut WebSocket,
+        first: Arc<Delivery>,
+    ) -> Result<(), End> {
+        self.deliver(socket, first).await?;
+        let mut n = 1;
+        while n < WRITE_BATCH {
+            match self.sub.try_recv() {
+                Some(Event::Delivery(d)) => self.deliver(socket, d).await?,
+                Some(Event::Lagged) => return self.resync(socket).await,
+                None => break,
+            }
+            n += 1;
+        }
+        flush(socket).await
+    }
+
+    /// After the hub dropped deliveries for this connection: re-reads every joined room from its
+    /// cursor.
+    async fn resync(&mut self, socket: &mut WebSocket) -> Result<(), End> {
+        let rooms: Vec<Arc<str>> = self.cursors.keys().cloned().collect();
+        for room in rooms {
+            self.replay(socket, &room).await?;
+        }
+        flush(socket).await
     }
 
     /// Queues one delivery for the socket, first replaying from storage any seqs it skipped.
@@ -381,7 +407,6 @@ impl Connection {
         };
         loop {
             let batch = self
-                .state
                 .chat
                 .store
                 .after(room, cursor, REPLAY_BATCH)
@@ -476,7 +501,7 @@ impl Connection {
     }
 
     async fn head(&self, room: &str) -> Result<Option<u64>, End> {
-        self.state.chat.store.head(room).await.map_err(|e| {
+        self.chat.store.head(room).await.map_err(|e| {
             tracing::error!(error = %e, "reading room head failed");
             End::Close(close::INTERNAL, "storage unavailable")
         })
@@ -519,7 +544,6 @@ impl Connection {
             Err(inv) => return send(socket, error_frame(inv.code, inv.message, None)).await,
         };
         match self
-            .state
             .chat
             .post(DEFAULT_ROOM, client_id, author, msg.message)
             .await
@@ -593,12 +617,7 @@ impl Connection {
                             .await
                     }
                 };
-                match self
-                    .state
-                    .chat
-                    .post(&room, client_id.clone(), author, body)
-                    .await
-                {
+                match self.chat.post(&room, client_id.clone(), author, body).await {
                     Ok(a) => {
                         let ack = ServerFrame::Ack {
                             client_id,
