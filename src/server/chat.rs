@@ -4,14 +4,37 @@
 use crate::protocol::{self, ChatMessage, ClassicMessage, ServerFrame};
 use crate::server::error::AppError;
 use crate::server::hub::{Delivery, Hub};
-use crate::server::store::{Appended, DynStore, NewMessage, StoreError};
+use crate::server::store::{Appended, CommitFeed, DynStore, NewMessage, StoreError};
 use axum::extract::ws::Utf8Bytes;
+use tokio::sync::broadcast;
 
 /// Storage and fan-out together, behind one cheap handle.
 #[derive(Clone)]
 pub struct Chat {
     pub store: DynStore,
     pub hub: Hub,
+}
+
+/// Hands every committed message to the hub, in commit order: deliveries leave in seq order
+/// (members never see a gap they must replay from storage), and a message is delivered even when
+/// the request or socket that posted it has gone. Ends when the store does.
+async fn fan_out(mut feed: CommitFeed, hub: Hub) {
+    loop {
+        match feed.recv().await {
+            Ok(message) => {
+                hub.publish(delivery(&message));
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                // Some commits were never handed out: every member re-reads from storage.
+                tracing::warn!(
+                    missed,
+                    "fan-out fell behind the commits; resyncing every member"
+                );
+                hub.resync_all();
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }
 
 /// Encodes a frame the server built itself; serialising these plain structs cannot fail.
@@ -35,9 +58,15 @@ fn delivery(m: &ChatMessage) -> Delivery {
 }
 
 impl Chat {
-    /// Validates and stores a message by `user` (whom the caller identified), then hands it to
-    /// every member of the room. A resend of a known `client_id` returns the stored original and
-    /// is not fanned out again.
+    /// Joins storage and the hub, and starts the fan-out from the store's commit feed.
+    pub fn new(store: DynStore, hub: Hub) -> Self {
+        tokio::spawn(fan_out(store.commits(), hub.clone()));
+        Chat { store, hub }
+    }
+
+    /// Validates and stores a message by `user` (whom the caller identified); once committed,
+    /// the fan-out task hands it to every member of the room. A resend of a known `client_id`
+    /// returns the stored original and is not fanned out again.
     pub async fn post(
         &self,
         room: &str,
@@ -47,8 +76,7 @@ impl Chat {
     ) -> Result<Appended, AppError> {
         protocol::validate_client_id(&client_id)?;
         protocol::validate_body(&body)?;
-        let appended = self
-            .store
+        self.store
             .append(NewMessage {
                 room: room.to_owned(),
                 client_id,
@@ -59,11 +87,7 @@ impl Chat {
             .map_err(|e| match e {
                 StoreError::RoomNotFound => AppError::UnknownRoom(room.to_owned()),
                 other => AppError::Store(other),
-            })?;
-        if appended.created {
-            self.hub.publish(delivery(&appended.message));
-        }
-        Ok(appended)
+            })
     }
 }
 

@@ -180,6 +180,17 @@ impl Hub {
         delivered
     }
 
+    /// Tells every member to re-read its rooms from storage (after deliveries were lost before
+    /// they reached the hub).
+    pub fn resync_all(&self) {
+        for members in self.rooms().values() {
+            for queue in members.values() {
+                queue.lock().lagged = true;
+                queue.waker.wake();
+            }
+        }
+    }
+
     /// Deliveries that did not fit a member's queue since start.
     pub fn overflows(&self) -> u64 {
         self.inner.overflows.load(Ordering::Relaxed)
@@ -333,6 +344,19 @@ mod tests {
             .expect("woken")
             .expect("task");
         assert_eq!(got, Some(7));
+    }
+
+    #[tokio::test]
+    async fn resync_all_tells_every_member() {
+        let hub = Hub::new(8, 1 << 20);
+        let mut a = hub.subscribe();
+        let mut b = hub.subscribe();
+        a.join("general");
+        b.join("other");
+        hub.resync_all();
+        assert!(matches!(a.try_recv(), Some(Event::Lagged)));
+        assert!(matches!(b.try_recv(), Some(Event::Lagged)));
+        assert!(a.try_recv().is_none());
     }
 
     #[tokio::test]

@@ -121,10 +121,7 @@ impl AppState {
                 anonymous_handshakes_per_minute: config.max_anonymous_handshakes,
             }),
             leptos_options,
-            chat: chat::Chat {
-                store,
-                hub: hub::Hub::new(config.queue_len, config.queue_bytes),
-            },
+            chat: chat::Chat::new(store, hub::Hub::new(config.queue_len, config.queue_bytes)),
             shutdown: watch::Sender::new(false),
             connections: Connections::default(),
             ws_limits: ws::Limits {

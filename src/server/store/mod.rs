@@ -101,7 +101,19 @@ pub trait Store: Send + Sync + 'static {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError>;
+
+    /// Every message committed from now on, once, in commit order (so in seq order within a
+    /// room); a resent `client_id` is not in it. The server fans out from this feed: deliveries
+    /// leave in seq order, and a message is delivered even if the request that posted it is gone.
+    /// A receiver that falls more than [`COMMIT_FEED_LEN`] behind gets `Lagged`.
+    fn commits(&self) -> CommitFeed;
 }
+
+/// The receiving end of [`Store::commits`].
+pub type CommitFeed = tokio::sync::broadcast::Receiver<Arc<ChatMessage>>;
+
+/// Committed messages a [`CommitFeed`] holds for a slow receiver.
+pub const COMMIT_FEED_LEN: usize = 16 * 1024;
 
 /// Accounts, sessions and tokens, in the same database as the messages.
 #[async_trait]
@@ -192,6 +204,28 @@ mod contract {
         assert_eq!(o.message.seq, 1);
         assert_eq!(s.head("general").await.expect("head"), Some(5));
         assert_eq!(s.head("nowhere").await.expect("head"), None);
+    }
+
+    #[tokio::test]
+    async fn the_commit_feed_has_each_new_message_once_in_order() {
+        let (_dir, s) = store().await;
+        let mut feed = s.commits();
+        // Concurrent appends share group commits; the feed still has them in seq order.
+        let appends = (0..50).map(|i| s.append(msg("general", &format!("c{i}"), "hi")));
+        for a in futures_util::future::join_all(appends).await {
+            a.expect("append");
+        }
+        s.append(msg("general", "c7", "again"))
+            .await
+            .expect("resend");
+        for want in 1..=50u64 {
+            let m = feed.recv().await.expect("committed message");
+            assert_eq!(m.seq, want);
+        }
+        assert!(matches!(
+            feed.try_recv(),
+            Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+        ));
     }
 
     #[tokio::test]

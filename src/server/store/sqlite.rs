@@ -1,15 +1,19 @@
 //! The embedded default store: one SQLite file in WAL mode, one writer connection and a small pool
 //! of readers.
 
-use super::{AccountStore, Appended, Credentials, NewMessage, Store, StoreError, TokenInfo, User};
+use super::{
+    AccountStore, Appended, CommitFeed, Credentials, NewMessage, Store, StoreError, TokenInfo,
+    User, COMMIT_FEED_LEN,
+};
 use crate::protocol::ChatMessage;
 use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Name of the database file inside the data directory.
 pub const DB_FILE: &str = "hubbub.sqlite3";
@@ -22,6 +26,8 @@ pub struct SqliteStore {
     readers: SqlitePool,
     /// Appends go to the group-commit task, which owns the writer for them.
     appends: mpsc::Sender<PendingAppend>,
+    /// What the group-commit task committed, in order.
+    commits: broadcast::Sender<Arc<ChatMessage>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -88,11 +94,13 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await?;
         let (appends, pending) = mpsc::channel(4 * GROUP_MAX);
-        tokio::spawn(group_commit(writer.clone(), pending));
+        let (commits, _) = broadcast::channel(COMMIT_FEED_LEN);
+        tokio::spawn(group_commit(writer.clone(), pending, commits.clone()));
         Ok(SqliteStore {
             writer,
             readers,
             appends,
+            commits,
         })
     }
 }
@@ -106,12 +114,25 @@ const GROUP_MAX: usize = 256;
 /// The single writer: takes every append that is waiting (up to [`GROUP_MAX`]), stores them in one
 /// transaction with one fsync, then answers each. An append is answered only after the commit
 /// that holds it, so "ack only after stored" still holds; under load many share one fsync.
-async fn group_commit(pool: SqlitePool, mut pending: mpsc::Receiver<PendingAppend>) {
+/// New messages then go to the commit feed, in seq order.
+async fn group_commit(
+    pool: SqlitePool,
+    mut pending: mpsc::Receiver<PendingAppend>,
+    commits: broadcast::Sender<Arc<ChatMessage>>,
+) {
     let mut batch: Vec<PendingAppend> = Vec::with_capacity(GROUP_MAX);
     while pending.recv_many(&mut batch, GROUP_MAX).await > 0 {
         match append_batch(&pool, &batch).await {
             Ok(results) => {
                 for ((_, reply), result) in batch.drain(..).zip(results) {
+                    if let Ok(Appended {
+                        message,
+                        created: true,
+                    }) = &result
+                    {
+                        // No receiver (no server yet) is fine: the history has it.
+                        let _ = commits.send(Arc::new(message.clone()));
+                    }
                     let _ = reply.send(result);
                 }
             }
@@ -230,6 +251,10 @@ impl Store for SqliteStore {
         answer
             .await
             .map_err(|_| StoreError::Batch("the writer has stopped".into()))?
+    }
+
+    fn commits(&self) -> CommitFeed {
+        self.commits.subscribe()
     }
 
     async fn after(
