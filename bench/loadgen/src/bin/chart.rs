@@ -17,6 +17,18 @@ struct Point {
     delivered: Vec<f64>,
 }
 
+/// hubbub in blues, the peers in other hues.
+fn server_color(server: &str) -> RGBColor {
+    match server {
+        "hubbub-v1" => RGBColor(0, 70, 200),
+        "hubbub-classic" => RGBColor(90, 160, 240),
+        "node-ws" => RGBColor(40, 150, 60),
+        "python-websockets" => RGBColor(230, 140, 0),
+        "axum-naive" => RGBColor(150, 60, 170),
+        _ => RGBColor(100, 100, 100),
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
@@ -75,12 +87,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     let all = lines.iter().flat_map(|(_, p)| p.iter());
-    let (mut x_min, mut x_max, mut y_max) = (f64::MAX, 0f64, TARGET_P99_MS);
+    let (mut x_min, mut x_max) = (f64::MAX, 0f64);
+    let (mut y_min, mut y_max) = (TARGET_P99_MS, TARGET_P99_MS);
     for &(x, y, _) in all {
         x_min = x_min.min(x);
         x_max = x_max.max(x);
+        y_min = y_min.min(y);
         y_max = y_max.max(y);
     }
+    // The steps double, so x is drawn as log2(offered / first step): one unit per step. Latency
+    // is drawn as log10(ms), labelled in ms.
+    let step = |offered: f64| (offered / x_min).log2();
+    let steps = step(x_max).round();
 
     let root = SVGBackend::new(output, (900, 560)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -93,29 +111,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .x_label_area_size(48)
         .y_label_area_size(64)
         .build_cartesian_2d(
-            (x_min * 0.8..x_max * 1.25).log_scale(),
-            (0.5..y_max * 1.5).log_scale(),
+            -0.3..steps + 0.3,
+            (y_min * 0.6).max(0.5).log10()..(y_max * 1.6).log10(),
         )?;
+    let first = x_min;
     chart
         .configure_mesh()
+        .x_labels(steps as usize + 1)
+        .y_labels(12)
         .x_desc("offered deliveries per second")
         .y_desc("p99 latency (ms)")
-        .x_label_formatter(&|x| format!("{:.0}k", x / 1000.0))
-        .y_label_formatter(&|y| format!("{y:.0}"))
+        .x_label_formatter(&|x| format!("{:.0}k", first * x.exp2() / 1000.0))
+        .y_label_formatter(&|y| format!("{:.0}", 10f64.powf(*y)))
         .draw()?;
+    let target = RGBColor(200, 0, 0);
     chart
         .draw_series(LineSeries::new(
-            [(x_min * 0.8, TARGET_P99_MS), (x_max * 1.25, TARGET_P99_MS)],
-            BLACK.mix(0.4).stroke_width(1),
+            [
+                (-0.3, TARGET_P99_MS.log10()),
+                (steps + 0.3, TARGET_P99_MS.log10()),
+            ],
+            target.stroke_width(1),
         ))?
         .label("target: p99 20 ms")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.4)));
-    for (i, (server, points)) in lines.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], target));
+    for (server, points) in &lines {
+        let color = server_color(server);
         chart
             .draw_series(LineSeries::new(
-                points.iter().map(|&(x, y, _)| (x, y)),
-                color.stroke_width(2),
+                points.iter().map(|&(x, y, _)| (step(x), y.log10())),
+                color.stroke_width(if server.starts_with("hubbub") { 3 } else { 2 }),
             ))?
             .label(server.as_str())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
@@ -125,7 +150,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             } else {
                 color.stroke_width(2)
             };
-            Circle::new((x, y), 4, style)
+            Circle::new((step(x), y.log10()), 4, style)
         }))?;
     }
     chart
