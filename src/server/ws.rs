@@ -69,6 +69,9 @@ pub async fn upgrade(
         )
             .into_response();
     }
+    // Listen for log-outs and revocations before the credential is checked, so one that lands
+    // between the check and the socket's first wait is not missed.
+    let revocations = state.auth.revocations();
     // Authenticate before the 101: no socket, and no task, for a request that fails.
     let ip = state.auth.client_ip(peer.ip(), &headers);
     let too_many = |wait: Duration| {
@@ -110,7 +113,7 @@ pub async fn upgrade(
     // stays in it for the socket's whole life.
     let guard = state.connections.enter();
     let limit = state.ws_limits.send_timeout;
-    let conn = Box::new(Connection::new(state, mode, identity));
+    let conn = Box::new(Connection::new(state, mode, identity, revocations));
     ws.on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |socket| async move {
             let _guard = guard;
@@ -162,6 +165,8 @@ struct Connection {
     auth: Auth,
     limits: Limits,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Subscribed before the credential was checked; taken by the connection's loop.
+    revocations: Option<tokio::sync::broadcast::Receiver<Revoked>>,
     mode: Mode,
     sub: Subscriber,
     /// Last seq this client has been sent (or told of) in each joined room.
@@ -241,11 +246,17 @@ fn close_for(err: axum::Error) -> End {
 }
 
 impl Connection {
-    fn new(state: AppState, mode: Mode, identity: Identity) -> Self {
+    fn new(
+        state: AppState,
+        mode: Mode,
+        identity: Identity,
+        revocations: tokio::sync::broadcast::Receiver<Revoked>,
+    ) -> Self {
         let sub = state.chat.hub.subscribe();
         let rate = state.ws_limits.message_rate;
         Connection {
             shutdown: state.shutdown.subscribe(),
+            revocations: Some(revocations),
             chat: state.chat,
             auth: state.auth,
             limits: state.ws_limits,
@@ -282,7 +293,11 @@ impl Connection {
         let mut shutdown = self.shutdown.clone();
         let stop = stopping(&mut shutdown);
         tokio::pin!(stop);
-        let mut revoked = Box::pin(next_revocation(self.auth.revocations()));
+        let receiver = match self.revocations.take() {
+            Some(receiver) => receiver,
+            None => self.auth.revocations(),
+        };
+        let mut revoked = Box::pin(next_revocation(receiver));
         let mut revocations_open = true;
         let every = self.limits.ping_interval;
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
