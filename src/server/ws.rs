@@ -115,11 +115,7 @@ pub async fn upgrade(
     let limit = state.ws_limits.send_timeout;
     let conn = Box::new(Connection::new(state, mode, identity, revocations));
     ws.on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| async move {
-            let _guard = guard;
-            let _slot = slot;
-            SEND_TIMEOUT.scope(limit, conn.run(socket)).await;
-        })
+        .on_upgrade(move |socket| SEND_TIMEOUT.scope(limit, conn.run(socket, (guard, slot))))
 }
 
 /// The WebSocket settings every endpoint shares: buffers and size limits.
@@ -271,17 +267,29 @@ impl Connection {
     }
 
     /// Serves the socket to its end. Boxed, so the task's future holds a pointer to it.
-    async fn run(mut self: Box<Self>, mut socket: WebSocket) {
-        let id = self.sub.id();
-        tracing::debug!(conn = id, mode = ?self.mode, "connected");
-        let end = match self.serve(&mut socket).await {
-            Ok(()) => End::Gone,
-            Err(end) => end,
-        };
-        // Leave the hub before the close handshake: nothing more is queued for this client.
-        drop(self);
-        Box::pin(finish(socket, end)).await;
-        tracing::debug!(conn = id, "disconnected");
+    ///
+    /// `held` (the connection count and socket slot) is dropped when the task ends. Not an
+    /// `async fn`: an async fn keeps its arguments twice (as captured and as local), and the
+    /// socket is 368 bytes that every idle connection would pay again.
+    #[allow(clippy::manual_async_fn)] // on purpose, see above
+    fn run<H: Send>(
+        mut self: Box<Self>,
+        mut socket: WebSocket,
+        held: H,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            let id = self.sub.id();
+            tracing::debug!(conn = id, mode = ?self.mode, "connected");
+            let end = match self.serve(&mut socket).await {
+                Ok(()) => End::Gone,
+                Err(end) => end,
+            };
+            // Leave the hub before the close handshake: nothing more is queued for this client.
+            drop(self);
+            Box::pin(finish(socket, end)).await;
+            drop(held);
+            tracing::debug!(conn = id, "disconnected");
+        }
     }
 
     /// The connection's loop. An idle connection waits here, so the state kept across its waits is
