@@ -84,13 +84,14 @@ impl Queue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push(&self, d: &Arc<Delivery>, max_len: usize, max_bytes: usize) -> Pushed {
-        let size = d.size();
+    /// Queues `d`, which weighs `size` (see [`Delivery::size`]), within the bounds.
+    fn push(&self, d: &Arc<Delivery>, size: usize, max_len: usize, max_bytes: usize) -> Pushed {
         let pushed = {
             let mut st = self.lock();
             if st.lagged {
-                // It resyncs from storage anyway; this one will be read there.
-                Pushed::Skipped
+                // It resyncs from storage anyway (and was woken when flagged); this one will be
+                // read there.
+                return Pushed::Skipped;
             } else if st.items.len() >= max_len || st.bytes + size > max_bytes {
                 st.lagged = true;
                 Pushed::Overflowed
@@ -168,11 +169,12 @@ impl Hub {
     pub fn publish(&self, delivery: Delivery) -> usize {
         let delivery = Arc::new(delivery);
         let (max_len, max_bytes) = (self.inner.queue_len, self.inner.queue_bytes);
+        let size = delivery.size();
         let mut delivered = 0;
         let rooms = self.rooms();
         if let Some(members) = rooms.get(&delivery.room) {
             for queue in members.values() {
-                match queue.push(&delivery, max_len, max_bytes) {
+                match queue.push(&delivery, size, max_len, max_bytes) {
                     Pushed::Queued => delivered += 1,
                     Pushed::Overflowed => {
                         self.inner.overflows.fetch_add(1, Ordering::Relaxed);
