@@ -58,26 +58,42 @@ pub struct Snapshot {
     pub messages: Vec<ChatMessage>,
     /// The signed-in user's display name; `None` in anonymous mode.
     pub me: Option<String>,
+    /// The signed-in user's username (their unsent messages are kept under it); `None` in
+    /// anonymous mode.
+    #[serde(default)]
+    pub me_username: Option<String>,
     /// The browser's CSRF token, for the log-out form.
     pub csrf: String,
 }
 
 #[server]
 pub async fn room_snapshot(room: String) -> Result<Option<Snapshot>, ServerFnError> {
-    use crate::server::{auth, AppState};
+    use crate::server::AppState;
     let state =
         use_context::<AppState>().ok_or_else(|| ServerFnError::new("server state is missing"))?;
-    let headers = use_context::<axum::http::request::Parts>()
-        .map(|p| p.headers)
+    let parts = use_context::<axum::http::request::Parts>();
+    let headers = parts
+        .as_ref()
+        .map(|p| p.headers.clone())
         .unwrap_or_default();
-    let me = state
+    let peer = parts
+        .as_ref()
+        .and_then(|p| {
+            p.extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        })
+        .map(|c| c.0.ip())
+        .ok_or_else(|| ServerFnError::new("no peer address"))?;
+    let ip = state.auth.client_ip(peer, &headers);
+    let user = state
         .auth
-        .identify(&headers, false)
+        .identify(&headers, ip, false)
         .await
         .map_err(|_| ServerFnError::new("log in first"))?
-        .user
-        .map(|u| u.display_name);
-    let (csrf, new) = auth::csrf_token(&headers);
+        .user;
+    let me = user.as_ref().map(|u| u.display_name.clone());
+    let me_username = user.map(|u| u.username);
+    let (csrf, new) = state.auth.csrf_token(&headers);
     if new {
         if let Some(resp) = use_context::<leptos_axum::ResponseOptions>() {
             resp.append_header(
@@ -89,19 +105,22 @@ pub async fn room_snapshot(room: String) -> Result<Option<Snapshot>, ServerFnErr
     if !crate::protocol::valid_room_name(&room) {
         return Ok(None);
     }
-    let store = &state.chat.store;
-    let Some(head) = store.head(&room).await.map_err(ServerFnError::new)? else {
+    // The head and the page in one snapshot: a commit between two reads would show twice.
+    let Some((head, messages)) = state
+        .chat
+        .store
+        .recent(&room, PAGE_HISTORY)
+        .await
+        .map_err(ServerFnError::new)?
+    else {
         return Ok(None);
     };
-    let messages = store
-        .before(&room, None, PAGE_HISTORY)
-        .await
-        .map_err(ServerFnError::new)?;
     Ok(Some(Snapshot {
         room,
         head,
         messages,
         me,
+        me_username,
         csrf,
     }))
 }

@@ -22,6 +22,8 @@ pub const MAX_ROOM_BYTES: usize = 64;
 pub const PAGE_HISTORY: usize = 50;
 /// Most messages one history request returns.
 pub const MAX_PAGE: usize = 200;
+/// Most rooms one `hello` may resume.
+pub const MAX_RESUME_ROOMS: usize = 100;
 
 /// WebSocket close codes the server sends.
 pub mod close {

@@ -1,16 +1,30 @@
 //! The JSON HTTP API: post a message, page through history, health.
 
-use crate::protocol::{self, ChatMessage, MAX_PAGE, PAGE_HISTORY};
+use crate::protocol::{self, ChatMessage, MAX_FRAME_BYTES, MAX_PAGE, PAGE_HISTORY};
+use crate::server::auth::{self, Identity};
 use crate::server::chat::server_client_id;
 use crate::server::error::AppError;
+use crate::server::limits::{IpKey, RateKey};
 use crate::server::AppState;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
+
+/// Largest body of a message post: the same as a WebSocket frame.
+pub const MAX_POST_BYTES: usize = MAX_FRAME_BYTES;
+
+/// Whose message budget a caller spends: the account's, or a guest's address's.
+pub fn rate_key(who: &Identity, ip: IpAddr) -> RateKey {
+    match &who.user {
+        Some(u) => RateKey::Account(u.id),
+        None => RateKey::Guest(IpKey::of(ip)),
+    }
+}
 
 /// Body of `POST /api/rooms/{room}/messages`.
 #[derive(Debug, Deserialize)]
@@ -62,11 +76,13 @@ async fn room_head(state: &AppState, room: &str) -> Result<u64, AppError> {
 
 pub async fn history(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(room): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Json<HistoryPage>, AppError> {
-    state.auth.identify(&headers, false).await?;
+    let ip = state.auth.client_ip(peer.ip(), &headers);
+    state.auth.identify(&headers, ip, false).await?;
     let limit = match parse_u64("limit", q.limit)? {
         None => PAGE_HISTORY,
         Some(n) if (1..=MAX_PAGE as u64).contains(&n) => n as usize,
@@ -98,11 +114,23 @@ pub async fn history(
 
 pub async fn post_message(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(room): Path<String>,
     body: Bytes,
-) -> Result<impl IntoResponse, AppError> {
-    let who = state.auth.identify(&headers, true).await?;
+) -> Result<Response, AppError> {
+    let ip = state.auth.client_ip(peer.ip(), &headers);
+    let who = state.auth.identify(&headers, ip, true).await?;
+    // The same budget as the account's sockets: a loop of posts is no way around it.
+    if let Err(wait) = state.rates.take(rate_key(&who, ip), 1) {
+        return Ok(auth::too_many(
+            wait,
+            &format!(
+                "more than {} messages per second: slow down",
+                state.rates.per_second()
+            ),
+        ));
+    }
     let req: PostMessage = serde_json::from_slice(&body)
         .map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")))?;
     room_head(&state, &room).await?;
@@ -114,14 +142,29 @@ pub async fn post_message(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(json!({ "message": appended.message }))))
+    Ok((status, Json(json!({ "message": appended.message }))).into_response())
 }
 
-pub async fn healthz(State(state): State<AppState>) -> Result<impl IntoResponse, AppError> {
-    state.chat.store.head(protocol::DEFAULT_ROOM).await?;
-    Ok(Json(json!({
-        "status": "ok",
+/// `GET /healthz`: 200 when the database answers and every background task runs, else 503 (a
+/// supervisor should restart the process); each task's state and restarts are in the body.
+pub async fn healthz(State(state): State<AppState>) -> Response {
+    let database = state.chat.store.head(protocol::DEFAULT_ROOM).await;
+    if let Err(e) = &database {
+        tracing::error!(error = %e, "health check: database unavailable");
+    }
+    let ok = database.is_ok() && state.tasks.healthy();
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ok { "ok" } else { "failing" },
+        "database": if database.is_ok() { "ok" } else { "unavailable" },
+        "tasks": state.tasks.report(),
+        "connections": state.open.total(),
         "websockets": state.connections.count(),
         "queue_overflows": state.chat.hub.overflows(),
-    })))
+    });
+    (status, Json(body)).into_response()
 }

@@ -1,8 +1,10 @@
-//! Who is asking: password hashing, sessions, personal API tokens, the CSRF and Origin checks, the
-//! log-in rate limits, and the signal that closes the sockets of a revoked credential.
+//! Who is asking: password hashing (bounded), sessions, personal API tokens, the CSRF and Origin
+//! checks, the limits on log-ins, sign-ups and bad credentials, and the registry of open sockets
+//! per account, through which a log-out or a revoked token closes exactly its own sockets.
 
+use crate::server::limits::{CappedMap, Expiring, IpKey, Window, MAX_KEYS};
 use crate::server::store::{DynAccounts, StoreError, User};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,18 +13,31 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::broadcast;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
+/// Cookie names without TLS; under TLS they carry the `__Host-` prefix (see [`Auth::session_cookie_name`]).
 pub const SESSION_COOKIE: &str = "hubbub_session";
 pub const CSRF_COOKIE: &str = "hubbub_csrf";
-/// How long a browser session lasts.
+/// How long a browser session lasts by default.
 pub const SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Failed log-ins allowed per account, and attempts per IP, in one window.
-pub const LOGIN_FAILURES_PER_ACCOUNT: u32 = 10;
+/// Log-in attempts per address in one window, whatever the account.
 pub const LOGIN_ATTEMPTS_PER_IP: u32 = 50;
 pub const LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Wrong passwords for one account from one address before each further try must wait.
+pub const FREE_LOGIN_FAILURES: u32 = 3;
+/// The longest such wait.
+pub const MAX_LOGIN_DELAY: Duration = Duration::from_secs(15 * 60);
+/// Sign-ups per address in one window.
+pub const SIGNUP_WINDOW: Duration = Duration::from_secs(3600);
+/// Requests with a wrong session cookie or token per address per minute before the address is
+/// refused without a database look-up.
+pub const BAD_CREDENTIALS_PER_MINUTE: u32 = 60;
+/// Password hashes waiting for a core beyond the ones being computed; more get 503.
+pub const HASH_QUEUE: usize = 16;
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -31,7 +46,7 @@ pub fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
-/// 256 random bits, URL-safe: session ids, tokens, CSRF tokens.
+/// 256 random bits, URL-safe: session ids, tokens, CSRF tokens, invite codes.
 pub fn random_secret() -> String {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
@@ -50,42 +65,159 @@ fn argon() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
-/// Hashes a password off the async runtime.
-pub async fn hash_password(password: String) -> Result<String, AuthError> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut rand::rngs::OsRng);
-        argon()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| AuthError::Hash(e.to_string()))
-    })
-    .await
-    .map_err(|e| AuthError::Hash(e.to_string()))?
+/// Runs password hashes on a few threads of its own (one per core but one), with a short queue: each
+/// hash takes 19 MiB and tens of milliseconds of a core, so a flood of sign-ups or log-ins waits
+/// its turn or is turned away (503), never piling up memory. Own threads rather than the
+/// runtime's blocking pool: each thread's allocator keeps the 19 MiB it last used, so the number
+/// of threads that ever hash is what bounds the memory.
+#[derive(Clone)]
+pub struct Hasher {
+    jobs: std::sync::mpsc::SyncSender<Job>,
 }
 
-/// Checks a password off the async runtime. Without a stored hash (unknown user) it checks
-/// against a dummy one, so both failures take the same time.
-pub async fn verify_password(stored: Option<String>, password: String) -> bool {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    tokio::task::spawn_blocking(move || {
-        let known = stored.is_some();
-        let hash = stored.unwrap_or_else(|| {
-            DUMMY
-                .get_or_init(|| {
-                    let salt = SaltString::generate(&mut rand::rngs::OsRng);
-                    argon()
-                        .hash_password(b"not a password anyone has", &salt)
-                        .map(|h| h.to_string())
-                        .unwrap_or_default()
-                })
-                .clone()
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Every core is hashing and the queue is full.
+#[derive(Debug, thiserror::Error)]
+#[error("the server is busy hashing passwords")]
+pub struct Busy;
+
+impl Hasher {
+    /// `threads` hashing threads and room for `queue` hashes waiting.
+    pub fn new(threads: usize, queue: usize) -> Self {
+        let (jobs, waiting) = std::sync::mpsc::sync_channel::<Job>(queue);
+        let waiting = Arc::new(Mutex::new(waiting));
+        for i in 0..threads.max(1) {
+            let waiting = Arc::clone(&waiting);
+            let spawned = std::thread::Builder::new()
+                .name(format!("hubbub-hash-{i}"))
+                .spawn(move || loop {
+                    let job = {
+                        let queue = waiting.lock().unwrap_or_else(|p| p.into_inner());
+                        queue.recv()
+                    };
+                    match job {
+                        // A panic in one hash must not take the thread with it.
+                        Ok(job) => {
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                        }
+                        Err(_) => return, // every Hasher is gone
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password hashing thread");
+            }
+        }
+        Hasher { jobs }
+    }
+
+    /// Sized to the machine: every core but one (and at least one), so that hashing never
+    /// takes the whole machine from the chat.
+    pub fn for_this_machine() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        Hasher::new(cores.saturating_sub(1).max(1), HASH_QUEUE)
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Busy> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = done.send(work());
         });
-        let ok = PasswordHash::new(&hash)
-            .is_ok_and(|h| argon().verify_password(password.as_bytes(), &h).is_ok());
-        ok && known
+        self.jobs.try_send(job).map_err(|_| Busy)?;
+        result.await.map_err(|_| Busy)
+    }
+
+    /// Hashes a new password.
+    pub async fn hash(&self, password: String) -> Result<String, AuthError> {
+        self.run(move || hash_phc(password.as_bytes()).map_err(|e| AuthError::Hash(e.to_string())))
+            .await?
+    }
+
+    /// Checks a password. Without a stored hash (unknown user) it checks against a dummy one, so
+    /// both failures take the same time.
+    pub async fn verify(&self, stored: Option<String>, password: String) -> Result<bool, Busy> {
+        static DUMMY: OnceLock<String> = OnceLock::new();
+        self.run(move || {
+            let known = stored.is_some();
+            let hash = stored.unwrap_or_else(|| {
+                DUMMY
+                    .get_or_init(|| hash_phc(b"not a password anyone has").unwrap_or_default())
+                    .clone()
+            });
+            verify_phc(password.as_bytes(), &hash) && known
+        })
+        .await
+    }
+}
+
+thread_local! {
+    /// The hashing thread's Argon2 memory, allocated once and reused: with the allocator, a
+    /// fresh 19 MiB for every hash was kept as RSS, about 19 MiB more per hash.
+    static BLOCKS: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs Argon2 with this thread's reused memory.
+fn argon_raw(
+    a: &Argon2<'_>,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> Result<(), argon2::Error> {
+    BLOCKS.with(|blocks| {
+        let mut blocks = blocks.borrow_mut();
+        let n = a.params().block_count();
+        if blocks.len() != n {
+            *blocks = vec![argon2::Block::default(); n];
+        }
+        a.hash_password_into_with_memory(password, salt, out, &mut blocks[..])
     })
-    .await
-    .unwrap_or(false)
+}
+
+/// A new password's hash in the PHC string format (`$argon2id$v=19$m=19456,t=2,p=1$salt$hash`).
+fn hash_phc(password: &[u8]) -> Result<String, argon2::password_hash::Error> {
+    use argon2::password_hash::{Output, ParamsString};
+    let a = argon();
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_buf)?;
+    let mut out = [0u8; 32];
+    argon_raw(&a, password, salt_bytes, &mut out)?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(a.params())?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&out)?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Whether `password` matches a stored PHC hash, compared in constant time.
+fn verify_phc(password: &[u8], stored: &str) -> bool {
+    use argon2::password_hash::Output;
+    let check = || -> Result<bool, argon2::password_hash::Error> {
+        let parsed = PasswordHash::new(stored)?;
+        let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+            return Ok(false);
+        };
+        let algorithm = Algorithm::try_from(parsed.algorithm)?;
+        let version = parsed
+            .version
+            .map(Version::try_from)
+            .transpose()?
+            .unwrap_or_default();
+        let params = Params::try_from(&parsed)?;
+        let a = Argon2::new(algorithm, version, params);
+        let mut salt_buf = [0u8; 64];
+        let salt_bytes = salt.decode_b64(&mut salt_buf)?;
+        let mut out = vec![0u8; expected.len()];
+        argon_raw(&a, password, salt_bytes, &mut out)?;
+        Ok(Output::new(&out)? == expected)
+    };
+    check().unwrap_or(false)
 }
 
 /// Reads one cookie from the request.
@@ -116,6 +248,8 @@ pub enum Credential {
 pub struct Identity {
     pub user: Option<User>,
     pub credential: Credential,
+    /// When the session or token ends (ms since the epoch); open sockets close then.
+    pub expires_at: Option<i64>,
 }
 
 impl Identity {
@@ -136,6 +270,19 @@ pub enum Denied {
     Unauthorized,
     /// A cookie-authenticated request from an origin that is not allowed: 403.
     ForeignOrigin,
+    /// Too many bad credentials from this address: 429 with `Retry-After`.
+    TooMany(Duration),
+}
+
+/// A `429` with `Retry-After` and a JSON error.
+pub fn too_many(wait: Duration, message: &str) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, HeaderValue::from(secs))],
+        axum::Json(serde_json::json!({"error": {"code": "rate_limited", "message": message}})),
+    )
+        .into_response()
 }
 
 impl IntoResponse for Denied {
@@ -152,6 +299,7 @@ impl IntoResponse for Denied {
                 axum::Json(serde_json::json!({"error": {"code": "forbidden_origin", "message": "this origin may not use your session"}})),
             )
                 .into_response(),
+            Denied::TooMany(wait) => too_many(wait, "too many bad credentials from this address"),
         }
     }
 }
@@ -161,12 +309,10 @@ pub enum AuthError {
     #[error("password hashing failed: {0}")]
     Hash(String),
     #[error(transparent)]
+    Busy(#[from] Busy),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
-
-/// A credential that stopped being valid; the sockets opened with it close with 4001.
-#[derive(Clone, Debug)]
-pub struct Revoked(pub Credential);
 
 /// Authentication settings and state, behind one cheap handle.
 #[derive(Clone)]
@@ -175,23 +321,71 @@ pub struct Auth {
     pub allow_anonymous: bool,
     /// Exact origins (`scheme://host:port`) allowed to use a session; empty means the server's own.
     allowed_origins: Arc<Vec<String>>,
-    /// Whether cookies get `Secure` and the own origin is `https`.
+    /// Whether cookies get `Secure` (and the `__Host-` prefix) and the own origin is `https`.
     pub secure: bool,
-    revoked: broadcast::Sender<Revoked>,
     limiter: Arc<Mutex<Limiter>>,
+    sockets: Arc<Mutex<Sockets>>,
     /// Proxies whose `X-Forwarded-For` names the real client.
     trusted_proxies: Arc<Vec<IpAddr>>,
     pub socket_limits: SocketLimits,
+    pub hasher: Hasher,
+    /// How long a new browser session lasts.
+    pub session_ttl: Duration,
+    /// Sign-ups per address per hour.
+    pub signups_per_hour: u32,
 }
 
-#[derive(Default)]
+/// The in-memory limiters; every map is capped.
 struct Limiter {
-    accounts: HashMap<String, (Instant, u32)>,
-    ips: HashMap<IpAddr, (Instant, u32)>,
-    /// Unauthenticated WebSocket handshakes per IP, in one-minute windows.
-    handshakes: HashMap<IpAddr, (Instant, u32)>,
-    /// Open WebSockets per account.
-    sockets: HashMap<i64, usize>,
+    /// Log-in attempts per address.
+    login_ips: CappedMap<IpKey, Window>,
+    /// Wrong passwords per (account, address), with the wait they impose.
+    lockouts: CappedMap<(String, IpKey), Lockout>,
+    /// Sign-ups per address.
+    signups: CappedMap<IpKey, Window>,
+    /// Unauthenticated WebSocket handshakes per address, in one-minute windows.
+    handshakes: CappedMap<IpKey, Window>,
+    /// Requests with a wrong session cookie or token per address, in one-minute windows.
+    bad_credentials: CappedMap<IpKey, Window>,
+}
+
+impl Default for Limiter {
+    fn default() -> Self {
+        Limiter {
+            login_ips: CappedMap::new(MAX_KEYS),
+            lockouts: CappedMap::new(MAX_KEYS),
+            signups: CappedMap::new(MAX_KEYS),
+            handshakes: CappedMap::new(MAX_KEYS),
+            bad_credentials: CappedMap::new(MAX_KEYS),
+        }
+    }
+}
+
+/// Wrong passwords for one account from one address.
+struct Lockout {
+    /// Attempts counted (each is counted before the password is checked, and forgotten on success).
+    failures: u32,
+    /// No attempt before this.
+    blocked_until: Instant,
+    last: Instant,
+}
+
+impl Expiring for Lockout {
+    fn expired(&self, now: Instant) -> bool {
+        now >= self.blocked_until && now.duration_since(self.last) >= LOGIN_WINDOW
+    }
+}
+
+/// Open sockets by account, each with its credential and the signal that closes it.
+#[derive(Default)]
+struct Sockets {
+    by_user: HashMap<i64, Vec<SocketEntry>>,
+}
+
+struct SocketEntry {
+    id: u64,
+    credential: Credential,
+    signal: Arc<Notify>,
 }
 
 /// Limits on WebSockets, from the configuration.
@@ -201,54 +395,36 @@ pub struct SocketLimits {
     pub anonymous_handshakes_per_minute: u32,
 }
 
-/// One of an account's open sockets; the count goes down when it is dropped.
+/// One of an account's open sockets: counts against its limit, and is signalled when its
+/// credential ends. Dropping it frees the slot.
 pub struct SocketSlot {
-    limiter: Arc<Mutex<Limiter>>,
+    sockets: Arc<Mutex<Sockets>>,
     user: i64,
+    id: u64,
+    /// Notified (once, with a stored permit, so it cannot be missed) when the credential ends.
+    pub revoked: Arc<Notify>,
 }
 
 impl Drop for SocketSlot {
     fn drop(&mut self) {
-        let mut l = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = l.sockets.get_mut(&self.user) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                l.sockets.remove(&self.user);
+        let mut s = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = s.by_user.get_mut(&self.user) {
+            list.retain(|e| e.id != self.id);
+            if list.is_empty() {
+                s.by_user.remove(&self.user);
             }
         }
     }
 }
 
-/// Counts events in a fixed window; returns the wait until the window ends once at `max`.
-fn over<K: std::hash::Hash + Eq>(
-    map: &mut HashMap<K, (Instant, u32)>,
-    key: K,
-    max: u32,
-    add: bool,
-) -> Option<Duration> {
-    over_in(map, key, max, add, LOGIN_WINDOW)
-}
-
-fn over_in<K: std::hash::Hash + Eq>(
-    map: &mut HashMap<K, (Instant, u32)>,
-    key: K,
-    max: u32,
-    add: bool,
-    window: Duration,
-) -> Option<Duration> {
-    let now = Instant::now();
-    if map.len() > 100_000 {
-        map.retain(|_, (start, _)| now.duration_since(*start) < window);
+/// The wait after the `n`th counted failure: none for the first few, then 1 s, 2 s, 4 s, … up to
+/// [`MAX_LOGIN_DELAY`].
+fn login_delay(n: u32) -> Duration {
+    if n <= FREE_LOGIN_FAILURES {
+        return Duration::ZERO;
     }
-    let entry = map.entry(key).or_insert((now, 0));
-    if now.duration_since(entry.0) >= window {
-        *entry = (now, 0);
-    }
-    let full = entry.1 >= max;
-    if add && !full {
-        entry.1 += 1;
-    }
-    full.then(|| window.saturating_sub(now.duration_since(entry.0)))
+    let doublings = (n - FREE_LOGIN_FAILURES - 1).min(20);
+    Duration::from_secs(1u64 << doublings).min(MAX_LOGIN_DELAY)
 }
 
 impl Auth {
@@ -263,13 +439,16 @@ impl Auth {
             allow_anonymous,
             allowed_origins: Arc::new(allowed_origins),
             secure,
-            revoked: broadcast::channel(256).0,
             limiter: Arc::default(),
+            sockets: Arc::default(),
             trusted_proxies: Arc::default(),
             socket_limits: SocketLimits {
                 per_user: 20,
                 anonymous_handshakes_per_minute: 60,
             },
+            hasher: Hasher::for_this_machine(),
+            session_ttl: SESSION_TTL,
+            signups_per_hour: 20,
         }
     }
 
@@ -278,29 +457,60 @@ impl Auth {
         self
     }
 
-    /// Takes one of the account's socket slots, or `None` when it has all of them open.
-    pub fn socket_slot(&self, user: i64) -> Option<SocketSlot> {
-        let mut l = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
-        let n = l.sockets.entry(user).or_insert(0);
-        if *n >= self.socket_limits.per_user {
+    fn limiter(&self) -> std::sync::MutexGuard<'_, Limiter> {
+        // Every update is a counter bump: a panic cannot leave it half-done.
+        self.limiter.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a socket of `user` opened with `credential`, or `None` when the account has all
+    /// of its sockets open.
+    pub fn socket_slot(&self, user: i64, credential: &Credential) -> Option<SocketSlot> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let mut s = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        let list = s.by_user.entry(user).or_default();
+        if list.len() >= self.socket_limits.per_user {
             return None;
         }
-        *n += 1;
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        let revoked = Arc::new(Notify::new());
+        list.push(SocketEntry {
+            id,
+            credential: credential.clone(),
+            signal: Arc::clone(&revoked),
+        });
         Some(SocketSlot {
-            limiter: Arc::clone(&self.limiter),
+            sockets: Arc::clone(&self.sockets),
             user,
+            id,
+            revoked,
         })
     }
 
-    /// Counts an unauthenticated handshake from `ip`; `Err` carries the `Retry-After` once the
-    /// IP has used up its minute.
-    pub fn unauthenticated_handshake(&self, ip: IpAddr) -> Result<(), Duration> {
-        let mut l = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
-        let max = self.socket_limits.anonymous_handshakes_per_minute;
-        match over_in(&mut l.handshakes, ip, max, true, Duration::from_secs(60)) {
-            Some(wait) => Err(wait),
-            None => Ok(()),
+    /// Closes (4001) the open sockets of `user` that were opened with `credential`; nobody
+    /// else's socket is woken.
+    pub fn revoke(&self, user: i64, credential: &Credential) -> usize {
+        let s = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for e in s.by_user.get(&user).into_iter().flatten() {
+            if &e.credential == credential {
+                e.signal.notify_one();
+                n += 1;
+            }
         }
+        n
+    }
+
+    /// Counts an unauthenticated handshake from `ip`; `Err` carries the `Retry-After` once the
+    /// address has used up its minute.
+    pub fn unauthenticated_handshake(&self, ip: IpAddr) -> Result<(), Duration> {
+        let now = Instant::now();
+        let max = self.socket_limits.anonymous_handshakes_per_minute;
+        self.limiter()
+            .handshakes
+            .entry(IpKey::of(ip), now, || {
+                Window::new(now, Duration::from_secs(60))
+            })
+            .hit(now, max)
     }
 
     pub fn with_trusted_proxies(mut self, proxies: Vec<IpAddr>) -> Self {
@@ -308,20 +518,35 @@ impl Auth {
         self
     }
 
-    /// The client's address: the peer's, or, when the peer is a trusted proxy, the last address
-    /// its `X-Forwarded-For` names.
+    /// Whether connections from `ip` are a trusted proxy's (so per-address caps do not apply to
+    /// the connection itself).
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.contains(&ip)
+    }
+
+    /// The client's address: the peer's, or, when the peer is a trusted proxy, the nearest
+    /// address in `X-Forwarded-For` that is not itself a trusted proxy (walking from the right,
+    /// since each proxy appends the address it saw).
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         if !self.trusted_proxies.contains(&peer) {
             return peer;
         }
-        headers
+        let chain: Vec<IpAddr> = headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
-            .next_back()
-            .unwrap_or(peer)
+            .map(|ip| ip.trim().parse::<IpAddr>())
+            .collect::<Result<_, _>>()
+            .unwrap_or_default();
+        let mut client = peer;
+        for ip in chain.into_iter().rev() {
+            client = ip;
+            if !self.trusted_proxies.contains(&ip) {
+                break;
+            }
+        }
+        client
     }
 
     /// Whether the request's `Origin` may use a session: one of the configured origins exactly,
@@ -341,46 +566,85 @@ impl Auth {
         }
     }
 
-    /// Identifies a request by bearer token, then session cookie, then (in anonymous mode)
-    /// nobody. With `check_origin`, a cookie-authenticated request must come from an allowed
-    /// origin: WebSocket upgrades and anything that changes state.
+    /// Whether `ip` has sent too many wrong credentials lately; checked before any look-up, so
+    /// a flood of made-up tokens never reaches the database.
+    fn bad_credentials_check(&self, ip: IpAddr) -> Result<(), Denied> {
+        let now = Instant::now();
+        let mut l = self.limiter();
+        match l.bad_credentials.get_mut(&IpKey::of(ip)) {
+            Some(w) => w
+                .check(now, BAD_CREDENTIALS_PER_MINUTE)
+                .map_err(Denied::TooMany),
+            None => Ok(()),
+        }
+    }
+
+    fn bad_credentials_count(&self, ip: IpAddr) {
+        let now = Instant::now();
+        self.limiter()
+            .bad_credentials
+            .entry(IpKey::of(ip), now, || {
+                Window::new(now, Duration::from_secs(60))
+            })
+            .add(now);
+    }
+
+    /// Identifies a request from `ip` (the client's address, see [`Auth::client_ip`]) by bearer
+    /// token, then session cookie, then (in anonymous mode) nobody. With `check_origin`, a
+    /// cookie-authenticated request must come from an allowed origin: WebSocket upgrades and
+    /// anything that changes state. Look-ups use the store's readers, never its writer.
     pub async fn identify(
         &self,
         headers: &HeaderMap,
+        ip: IpAddr,
         check_origin: bool,
     ) -> Result<Identity, Denied> {
         let now = now_ms();
         if let Some(value) = headers.get(header::AUTHORIZATION) {
+            self.bad_credentials_check(ip)?;
             let token = value
                 .to_str()
                 .ok()
                 .and_then(|v| v.strip_prefix("Bearer "))
-                .ok_or(Denied::Unauthorized)?;
-            return match self.accounts.token_user(&digest(token.trim()), now).await {
-                Ok(Some((id, user))) => Ok(Identity {
+                .map(str::trim)
+                .filter(|t| !t.is_empty() && t.len() <= 128);
+            let found = match token {
+                Some(token) => match self.accounts.token_user(&digest(token), now).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        tracing::error!(error = %e, "token lookup failed");
+                        return Err(Denied::Unauthorized);
+                    }
+                },
+                None => None,
+            };
+            return match found {
+                Some((id, user, expires_at)) => Ok(Identity {
                     user: Some(user),
                     credential: Credential::Token(id),
+                    expires_at: Some(expires_at),
                 }),
-                Ok(None) => Err(Denied::Unauthorized),
-                Err(e) => {
-                    tracing::error!(error = %e, "token lookup failed");
+                None => {
+                    self.bad_credentials_count(ip);
                     Err(Denied::Unauthorized)
                 }
             };
         }
-        if let Some(sid) = cookie(headers, SESSION_COOKIE) {
+        if let Some(sid) = cookie(headers, &self.session_cookie_name()) {
             if check_origin && !self.origin_allowed(headers) {
                 return Err(Denied::ForeignOrigin);
             }
+            self.bad_credentials_check(ip)?;
             let hash = digest(sid);
             match self.accounts.session_user(&hash, now).await {
-                Ok(Some(user)) => {
+                Ok(Some((user, expires_at))) => {
                     return Ok(Identity {
                         user: Some(user),
                         credential: Credential::Session(hash),
+                        expires_at: Some(expires_at),
                     })
                 }
-                Ok(None) => {}
+                Ok(None) => self.bad_credentials_count(ip),
                 Err(e) => tracing::error!(error = %e, "session lookup failed"),
             }
         }
@@ -388,71 +652,107 @@ impl Auth {
             return Ok(Identity {
                 user: None,
                 credential: Credential::Anonymous,
+                expires_at: None,
             });
         }
         Err(Denied::Unauthorized)
     }
 
-    /// Whether a credential is still valid (after a missed revocation notice).
-    pub async fn still_valid(&self, credential: &Credential) -> bool {
-        match credential {
-            Credential::Anonymous => true,
-            Credential::Session(hash) => matches!(
-                self.accounts.session_user(hash, now_ms()).await,
-                Ok(Some(_))
-            ),
-            // Tokens are looked up by digest, which the connection does not keep; a revocation
-            // notice is what closes them.
-            Credential::Token(_) => true,
+    /// Whether a credential is still valid: for an open socket, on its heartbeat, in case its
+    /// end was not announced here (it expired, or ended by another way than this process).
+    pub async fn still_valid(&self, identity: &Identity) -> bool {
+        let now = now_ms();
+        if identity.expires_at.is_some_and(|t| t <= now) {
+            return false;
         }
+        let answer = match &identity.credential {
+            Credential::Anonymous => return true,
+            Credential::Session(hash) => self
+                .accounts
+                .session_user(hash, now)
+                .await
+                .map(|s| s.is_some()),
+            Credential::Token(id) => self.accounts.token_valid(*id, now).await,
+        };
+        // A failed look-up is no proof of revocation: keep the socket, check again next time.
+        answer.unwrap_or(true)
     }
 
-    /// Announces that a credential is no longer valid.
-    pub fn revoke(&self, credential: Credential) {
-        let _ = self.revoked.send(Revoked(credential));
-    }
-
-    pub fn revocations(&self) -> broadcast::Receiver<Revoked> {
-        self.revoked.subscribe()
-    }
-
-    /// Checks the log-in limits before an attempt; `Err` carries the `Retry-After`.
-    pub fn login_allowed(&self, username: &str, ip: IpAddr) -> Result<(), Duration> {
-        let mut l = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(wait) = over(&mut l.ips, ip, LOGIN_ATTEMPTS_PER_IP, true) {
-            return Err(wait);
+    /// Counts a log-in attempt from `ip` for `username` before the password is checked, so
+    /// attempts in flight cannot get past the limits; `Err` carries the `Retry-After`. Each
+    /// (account, address) gets a few free failures, then waits that double with each one, so
+    /// guessing stays slow while the owner, from their own address, can still log in.
+    pub fn login_reserve(&self, username: &str, ip: IpAddr) -> Result<(), Duration> {
+        let now = Instant::now();
+        let key = IpKey::of(ip);
+        let mut l = self.limiter();
+        l.login_ips
+            .entry(key, now, || Window::new(now, LOGIN_WINDOW))
+            .hit(now, LOGIN_ATTEMPTS_PER_IP)?;
+        let lock = l
+            .lockouts
+            .entry((username.to_owned(), key), now, || Lockout {
+                failures: 0,
+                blocked_until: now,
+                last: now,
+            });
+        if lock.expired(now) {
+            lock.failures = 0;
         }
-        if let Some(wait) = over(
-            &mut l.accounts,
-            username.to_owned(),
-            LOGIN_FAILURES_PER_ACCOUNT,
-            false,
-        ) {
-            return Err(wait);
+        if now < lock.blocked_until {
+            return Err(lock.blocked_until - now);
         }
+        lock.failures += 1;
+        lock.last = now;
+        lock.blocked_until = now + login_delay(lock.failures);
         Ok(())
     }
 
-    /// Counts a failed log-in against the account.
-    pub fn login_failed(&self, username: &str) {
-        let mut l = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
-        over(
-            &mut l.accounts,
-            username.to_owned(),
-            LOGIN_FAILURES_PER_ACCOUNT,
-            true,
-        );
+    /// The password was right: forget the failures of this account from this address.
+    pub fn login_succeeded(&self, username: &str, ip: IpAddr) {
+        self.limiter()
+            .lockouts
+            .remove(&(username.to_owned(), IpKey::of(ip)));
+    }
+
+    /// Counts a sign-up attempt from `ip`; `Err` carries the `Retry-After`.
+    pub fn signup_allowed(&self, ip: IpAddr) -> Result<(), Duration> {
+        let now = Instant::now();
+        let max = self.signups_per_hour;
+        self.limiter()
+            .signups
+            .entry(IpKey::of(ip), now, || Window::new(now, SIGNUP_WINDOW))
+            .hit(now, max)
+    }
+
+    /// The session cookie's name: `__Host-` prefixed under TLS, so that no subdomain or plain
+    /// HTTP page can set or shadow it.
+    pub fn session_cookie_name(&self) -> String {
+        if self.secure {
+            format!("__Host-{SESSION_COOKIE}")
+        } else {
+            SESSION_COOKIE.to_owned()
+        }
+    }
+
+    pub fn csrf_cookie_name(&self) -> String {
+        if self.secure {
+            format!("__Host-{CSRF_COOKIE}")
+        } else {
+            CSRF_COOKIE.to_owned()
+        }
     }
 
     /// A `Set-Cookie` value for the session cookie (`None` clears it).
     pub fn session_cookie(&self, sid: Option<&str>) -> HeaderValue {
         let secure = if self.secure { "; Secure" } else { "" };
+        let name = self.session_cookie_name();
         let value = match sid {
             Some(sid) => format!(
-                "{SESSION_COOKIE}={sid}; HttpOnly; SameSite=Lax; Path=/; Max-Age={}{secure}",
-                SESSION_TTL.as_secs()
+                "{name}={sid}; HttpOnly; SameSite=Lax; Path=/; Max-Age={}{secure}",
+                self.session_ttl.as_secs()
             ),
-            None => format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0{secure}"),
+            None => format!("{name}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0{secure}"),
         };
         HeaderValue::from_str(&value).expect("BUG: cookie values are URL-safe")
     }
@@ -461,17 +761,23 @@ impl Auth {
     pub fn csrf_cookie(&self, token: &str) -> HeaderValue {
         let secure = if self.secure { "; Secure" } else { "" };
         HeaderValue::from_str(&format!(
-            "{CSRF_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/{secure}"
+            "{}={token}; HttpOnly; SameSite=Strict; Path=/{secure}",
+            self.csrf_cookie_name()
         ))
         .expect("BUG: cookie values are URL-safe")
     }
-}
 
-/// The CSRF token of this browser: the one in its cookie, or a new one to set.
-pub fn csrf_token(headers: &HeaderMap) -> (String, bool) {
-    match cookie(headers, CSRF_COOKIE) {
-        Some(t) if t.len() >= 32 && t.len() <= 64 => (t.to_owned(), false),
-        _ => (random_secret(), true),
+    /// The CSRF token of this browser: the one in its cookie, or a new one to set.
+    pub fn csrf_token(&self, headers: &HeaderMap) -> (String, bool) {
+        match cookie(headers, &self.csrf_cookie_name()) {
+            Some(t) if t.len() >= 32 && t.len() <= 64 => (t.to_owned(), false),
+            _ => (random_secret(), true),
+        }
+    }
+
+    /// The session cookie the request carries, if any.
+    pub fn session_id<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
+        cookie(headers, &self.session_cookie_name())
     }
 }
 
@@ -481,14 +787,65 @@ mod tests {
 
     #[tokio::test]
     async fn passwords_hash_with_argon2id_and_verify() {
-        let hash = hash_password("correct horse".into()).await.expect("hash");
+        let hasher = Hasher::new(2, 4);
+        let hash = hasher.hash("correct horse".into()).await.expect("hash");
         assert!(
             hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
             "{hash}"
         );
-        assert!(verify_password(Some(hash.clone()), "correct horse".into()).await);
-        assert!(!verify_password(Some(hash), "wrong".into()).await);
-        assert!(!verify_password(None, "correct horse".into()).await);
+        assert!(hasher
+            .verify(Some(hash.clone()), "correct horse".into())
+            .await
+            .expect("verify"));
+        assert!(!hasher
+            .verify(Some(hash), "wrong".into())
+            .await
+            .expect("verify"));
+        assert!(!hasher
+            .verify(None, "correct horse".into())
+            .await
+            .expect("verify"));
+    }
+
+    #[test]
+    fn our_hashes_and_the_argon2_crates_check_each_other() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let ours = hash_phc(b"pw").expect("hash");
+        let parsed = PasswordHash::new(&ours).expect("phc");
+        assert!(
+            argon().verify_password(b"pw", &parsed).is_ok(),
+            "the crate accepts ours"
+        );
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        let theirs = argon()
+            .hash_password(b"pw", &salt)
+            .expect("hash")
+            .to_string();
+        assert!(verify_phc(b"pw", &theirs), "we accept the crate's");
+        assert!(!verify_phc(b"nope", &theirs));
+        assert!(!verify_phc(b"pw", "not a hash"));
+    }
+
+    #[tokio::test]
+    async fn a_full_hash_queue_turns_work_away_instead_of_growing() {
+        let hasher = Hasher::new(1, 2);
+        let jobs = (0..20).map(|_| hasher.hash("pw".into()));
+        let results = futures_util::future::join_all(jobs).await;
+        let busy = results
+            .iter()
+            .filter(|r| matches!(r, Err(AuthError::Busy(_))))
+            .count();
+        // Two wait, and the thread may have taken one already: the rest are refused.
+        assert!((17..=18).contains(&busy), "{busy} refused");
+        // Once they are done there is room again.
+        assert!(hasher.hash("pw".into()).await.is_ok());
+    }
+
+    #[test]
+    fn login_delays_grow_after_the_free_failures() {
+        let d: Vec<u64> = (1..=10).map(|n| login_delay(n).as_secs()).collect();
+        assert_eq!(d, vec![0, 0, 0, 1, 2, 4, 8, 16, 32, 64]);
+        assert_eq!(login_delay(40), MAX_LOGIN_DELAY);
     }
 
     #[test]

@@ -3,10 +3,14 @@
 
 use crate::protocol::{self, ChatMessage, ClassicMessage, ServerFrame};
 use crate::server::error::AppError;
+use crate::server::faults;
 use crate::server::hub::{Delivery, Hub};
-use crate::server::store::{Appended, CommitFeed, DynStore, NewMessage, StoreError};
+use crate::server::store::{Appended, CommitFeed, DynStore, FeedError, NewMessage, StoreError};
+use crate::server::tasks::{supervise, Tasks};
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::broadcast;
+
+/// The name `/healthz` gives the fan-out task.
+pub const FANOUT_TASK: &str = "fanout";
 
 /// Storage and fan-out together, behind one cheap handle.
 #[derive(Clone)]
@@ -22,9 +26,12 @@ async fn fan_out(mut feed: CommitFeed, hub: Hub) {
     loop {
         match feed.recv().await {
             Ok(message) => {
+                if faults::hit("fanout-panic", &message.body) {
+                    panic!("injected fault: fanout-panic");
+                }
                 hub.publish(delivery(&message));
             }
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
+            Err(FeedError::Lagged(missed)) => {
                 // Some commits were never handed out: every member re-reads from storage.
                 tracing::warn!(
                     missed,
@@ -32,7 +39,7 @@ async fn fan_out(mut feed: CommitFeed, hub: Hub) {
                 );
                 hub.resync_all();
             }
-            Err(broadcast::error::RecvError::Closed) => return,
+            Err(FeedError::Closed) => return,
         }
     }
 }
@@ -58,9 +65,18 @@ fn delivery(m: &ChatMessage) -> Delivery {
 }
 
 impl Chat {
-    /// Joins storage and the hub, and starts the fan-out from the store's commit feed.
-    pub fn new(store: DynStore, hub: Hub) -> Self {
-        tokio::spawn(fan_out(store.commits(), hub.clone()));
+    /// Joins storage and the hub, and starts the fan-out from the store's commit feed under
+    /// supervision: if it panics, a new one subscribes and every member resyncs from storage
+    /// (what was committed meanwhile is read there).
+    pub fn new(store: DynStore, hub: Hub, tasks: Tasks) -> Self {
+        let (s, h) = (store.clone(), hub.clone());
+        tokio::spawn(supervise(tasks, FANOUT_TASK, move |run| {
+            let feed = s.commits();
+            if run > 0 {
+                h.resync_all();
+            }
+            fan_out(feed, h.clone())
+        }));
         Chat { store, hub }
     }
 
@@ -91,18 +107,9 @@ impl Chat {
     }
 }
 
-/// An idempotency key for messages whose sender gave none (HTTP callers, classic clients): unique
-/// across restarts, since it carries the time and the process id.
+/// An idempotency key for messages whose sender gave none (HTTP callers, classic clients): a
+/// UUIDv7, unique across restarts and nodes (it does not lean on the process id, which is 1 in
+/// every container).
 pub fn server_client_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!(
-        "srv-{nanos:x}-{:x}-{:x}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    uuid::Uuid::now_v7().to_string()
 }

@@ -78,10 +78,40 @@ pub struct Config {
     #[arg(long, env = "HUBBUB_SECURE_COOKIES")]
     pub secure_cookies: bool,
 
-    /// Frames each WebSocket may send per second (token bucket, bursts of twice as many). Over it
-    /// a frame gets `error rate_limited`; a client that keeps going is closed with 1008.
+    /// Frames (and HTTP posts) each account may send per second, shared by all its sockets and
+    /// the API; guests share one budget per address. Bursts of twice as many. Over it a socket
+    /// is read more slowly (the client's sends wait); one that stays over it for 10 s is closed
+    /// with 1008; an HTTP post gets 429.
     #[arg(long, env = "HUBBUB_MESSAGE_RATE", default_value_t = 20)]
     pub message_rate: u32,
+
+    /// Who may create an account: `open` (anyone), `invite` (with an invite link from an admin;
+    /// the first account is the admin and may always be made) or `closed`.
+    #[arg(long, env = "HUBBUB_REGISTRATION", value_enum, default_value = "open")]
+    pub registration: Registration,
+
+    /// Sign-ups per address (IPv6: per /64) per hour; more get 429.
+    #[arg(long, env = "HUBBUB_SIGNUPS_PER_HOUR", default_value_t = 20)]
+    pub signups_per_hour: u32,
+
+    /// How long a browser session lasts; its open sockets close (4001) when it ends.
+    #[arg(long, env = "HUBBUB_SESSION_TTL", default_value = "30d", value_parser = parse_duration)]
+    pub session_ttl: Duration,
+
+    /// How long a request may take to arrive in full once its head is in (slow bodies are cut
+    /// off with 408).
+    #[arg(long, env = "HUBBUB_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Open connections (HTTP and WebSocket) the server accepts in all [default: the process's
+    /// file descriptor limit less a reserve, at most 50000]. More are refused at once.
+    #[arg(long, env = "HUBBUB_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Open connections per client address (IPv6: per /64); more are refused at once with 503.
+    /// Connections from a --trusted-proxy are not counted.
+    #[arg(long, env = "HUBBUB_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
 
     /// Open WebSockets per account; more get 429.
     #[arg(long, env = "HUBBUB_MAX_SOCKETS_PER_USER", default_value_t = 20)]
@@ -97,7 +127,7 @@ pub struct Config {
     pub send_timeout: Duration,
 }
 
-/// Parses `250ms`, `20s`, `2m`, or a bare number of seconds.
+/// Parses `250ms`, `20s`, `2m`, `12h`, `30d`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
@@ -110,13 +140,38 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        _ => return Err(format!("{s:?}: the unit must be ms, s or m")),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
+        _ => return Err(format!("{s:?}: the unit must be ms, s, m, h or d")),
     };
     if d.is_zero() {
         return Err("a duration must be more than zero".to_owned());
     }
     Ok(d)
+}
+
+/// Who may sign up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Registration {
+    Open,
+    Invite,
+    Closed,
+}
+
+/// The default cap on open connections: the soft limit on file descriptors less a reserve for
+/// the database and logs, at most 50,000.
+pub fn default_max_connections() -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse::<usize>().ok())
+        })
+        .unwrap_or(50_064);
+    soft.saturating_sub(64).clamp(16, 50_000)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -165,7 +220,9 @@ mod tests {
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7_200)));
+        assert!(parse_duration("5w").is_err());
     }
 
     #[test]

@@ -6,10 +6,13 @@ pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod faults;
 pub mod hub;
+pub mod limits;
 pub mod pages;
 pub mod serve;
 pub mod store;
+pub mod tasks;
 pub mod ws;
 
 use crate::app::{shell, App};
@@ -32,8 +35,19 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 pub use config::Config;
 
-/// How long shutdown waits for WebSocket connections to finish their close handshake.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+/// How long after the stop signal everything is closed: HTTP requests finish (at most
+/// [`serve::DRAIN_GRACE`]) while every WebSocket does its close handshake, all within the 5 s
+/// promised to supervisors.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_millis(4_500);
+/// The largest request body any route takes (a message post); each route has its own limit
+/// at or below it.
+const MAX_BODY_BYTES: usize = api::MAX_POST_BYTES;
+/// How often expired sessions, tokens and invites are deleted.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+/// How long an expired or revoked token (or a used-up invite) stays listed before it is deleted.
+const KEEP_ENDED: Duration = Duration::from_secs(7 * 86_400);
+/// The name `/healthz` gives the purge task.
+pub const PURGE_TASK: &str = "purge";
 
 /// The server's shared state: cheap to clone, only handles inside.
 #[derive(Clone, FromRef)]
@@ -46,6 +60,16 @@ pub struct AppState {
     /// Heartbeat and write-stall limits of every WebSocket.
     pub ws_limits: ws::Limits,
     pub auth: auth::Auth,
+    /// Message budgets per account (and per guest address), shared by sockets and the API.
+    pub rates: limits::Rates,
+    /// Who may sign up.
+    pub registration: config::Registration,
+    /// How long a request may take to arrive in full.
+    pub request_timeout: Duration,
+    /// The supervised background tasks, for `/healthz`.
+    pub tasks: tasks::Tasks,
+    /// Open TCP connections, for `/healthz`.
+    pub open: serve::OpenConnections,
 }
 
 /// Counts open WebSocket connections so shutdown can wait for them.
@@ -100,36 +124,97 @@ pub enum ServerError {
 }
 
 impl AppState {
-    /// Opens storage and builds the state for `config`.
+    /// Opens storage and builds the state for `config`, starting the background tasks.
     pub async fn new(config: &Config, leptos_options: LeptosOptions) -> Result<Self, ServerError> {
-        let store = Arc::new(store::SqliteStore::open(&config.data_dir).await?);
+        let tasks = tasks::Tasks::default();
+        let store =
+            Arc::new(store::SqliteStore::open_supervised(&config.data_dir, tasks.clone()).await?);
         if config.allow_anonymous {
             tracing::warn!(
                 "ANONYMOUS MODE: anyone who can reach this server can read and post in the default room without an account"
             );
         }
+        let mut auth = auth::Auth::new(
+            store.clone(),
+            config.allow_anonymous,
+            config.allowed_origins.clone(),
+            config.secure_cookies || config.tls_cert.is_some(),
+        )
+        .with_trusted_proxies(config.trusted_proxies.clone())
+        .with_socket_limits(auth::SocketLimits {
+            per_user: config.max_sockets_per_user,
+            anonymous_handshakes_per_minute: config.max_anonymous_handshakes,
+        });
+        auth.session_ttl = config.session_ttl;
+        auth.signups_per_hour = config.signups_per_hour;
+        tokio::spawn(tasks::supervise(tasks.clone(), PURGE_TASK, {
+            let accounts = auth.accounts.clone();
+            move |_| purge(accounts.clone())
+        }));
         Ok(AppState {
-            auth: auth::Auth::new(
-                store.clone(),
-                config.allow_anonymous,
-                config.allowed_origins.clone(),
-                config.secure_cookies || config.tls_cert.is_some(),
-            )
-            .with_trusted_proxies(config.trusted_proxies.clone())
-            .with_socket_limits(auth::SocketLimits {
-                per_user: config.max_sockets_per_user,
-                anonymous_handshakes_per_minute: config.max_anonymous_handshakes,
-            }),
+            auth,
             leptos_options,
-            chat: chat::Chat::new(store, hub::Hub::new(config.queue_len, config.queue_bytes)),
+            chat: chat::Chat::new(
+                store,
+                hub::Hub::new(config.queue_len, config.queue_bytes),
+                tasks.clone(),
+            ),
             shutdown: watch::Sender::new(false),
             connections: Connections::default(),
             ws_limits: ws::Limits {
                 ping_interval: config.ping_interval,
                 send_timeout: config.send_timeout,
-                message_rate: config.message_rate,
             },
+            rates: limits::Rates::new(config.message_rate),
+            registration: config.registration,
+            request_timeout: config.request_timeout,
+            tasks,
+            open: serve::OpenConnections::default(),
         })
+    }
+}
+
+/// Deletes expired sessions, tokens and invites, now and then every [`PURGE_EVERY`].
+async fn purge(accounts: store::DynAccounts) {
+    let mut every = tokio::time::interval(PURGE_EVERY);
+    loop {
+        every.tick().await;
+        let now = auth::now_ms();
+        let keep = now - i64::try_from(KEEP_ENDED.as_millis()).unwrap_or(0);
+        match accounts.purge_expired(now, keep).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "purged expired sessions, tokens and invites"),
+            Err(e) => tracing::warn!(error = %e, "purging expired credentials failed"),
+        }
+    }
+}
+
+/// Cuts off a request that has not arrived in full (and been answered) in time: a body sent a
+/// byte now and then cannot hold a connection. WebSocket upgrades answer at once and are not
+/// affected; the socket after the 101 has its own heartbeat.
+async fn request_deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    // A body announced larger than any route takes is refused before a byte of it is read.
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return (
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            [(header::CONNECTION, "close")],
+            "the request body is too large",
+        )
+            .into_response();
+    }
+    match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => (
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            [(header::CONNECTION, "close")],
+            "the request took too long to arrive",
+        )
+            .into_response(),
     }
 }
 
@@ -163,7 +248,7 @@ async fn upgrade_on_root(State(state): State<AppState>, req: Request, next: Next
 
 /// Gives the page being rendered a fresh nonce and a Content-Security-Policy that lets only the
 /// app's own scripts (and the inline hydration script carrying that nonce) and its WASM run.
-fn page_security_policy(options: &LeptosOptions) {
+fn page_security_policy() {
     leptos::nonce::provide_nonce();
     let (Some(nonce), Some(response)) = (
         leptos::nonce::use_nonce(),
@@ -171,10 +256,12 @@ fn page_security_policy(options: &LeptosOptions) {
     ) else {
         return;
     };
-    // In development the live-reload socket of cargo-leptos listens on another port.
-    let reload = match options.env {
-        leptos::config::Env::DEV => " ws:",
-        _ => "",
+    // Under `cargo leptos watch` (which sets LEPTOS_WATCH) the live-reload socket listens on
+    // another port; everywhere else the page may open only its own origin's socket.
+    let reload = if std::env::var_os("LEPTOS_WATCH").is_some() {
+        " ws:"
+    } else {
+        ""
     };
     let policy = format!(
         "default-src 'self'; script-src 'self' 'nonce-{nonce}' 'wasm-unsafe-eval'; \
@@ -190,10 +277,18 @@ fn page_security_policy(options: &LeptosOptions) {
 async fn require_login(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     let page = path == "/" || path.starts_with("/r/");
-    if page
-        && !state.auth.allow_anonymous
-        && state.auth.identify(req.headers(), false).await.is_err()
-    {
+    if !page || state.auth.allow_anonymous {
+        return next.run(req).await;
+    }
+    let ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| state.auth.client_ip(c.0.ip(), req.headers()));
+    let identified = match ip {
+        Some(ip) => state.auth.identify(req.headers(), ip, false).await.is_ok(),
+        None => false,
+    };
+    if !identified {
         return (
             axum::http::StatusCode::SEE_OTHER,
             [(header::LOCATION, "/login")],
@@ -216,17 +311,26 @@ pub fn router(state: AppState) -> Router {
         .route("/login", get(pages::login_page))
         .route("/signup", get(pages::signup_page))
         .route("/tokens", get(pages::tokens_page))
-        .route("/auth/login", axum::routing::post(pages::login))
-        .route("/auth/signup", axum::routing::post(pages::signup))
-        .route("/auth/logout", axum::routing::post(pages::logout))
-        .route("/auth/tokens", axum::routing::post(pages::create_token))
-        .route(
-            "/auth/tokens/{id}/revoke",
-            axum::routing::post(pages::revoke_token),
+        .route("/invites", get(pages::invites_page))
+        .merge(
+            Router::new()
+                .route("/auth/login", axum::routing::post(pages::login))
+                .route("/auth/signup", axum::routing::post(pages::signup))
+                .route("/auth/logout", axum::routing::post(pages::logout))
+                .route("/auth/tokens", axum::routing::post(pages::create_token))
+                .route(
+                    "/auth/tokens/{id}/revoke",
+                    axum::routing::post(pages::revoke_token),
+                )
+                .route("/auth/invites", axum::routing::post(pages::create_invite))
+                // A form is a few fields: a large body is an attack, refused before it is read.
+                .layer(axum::extract::DefaultBodyLimit::max(pages::MAX_FORM_BYTES)),
         )
         .route(
             "/api/rooms/{room}/messages",
-            get(api::history).post(api::post_message),
+            get(api::history)
+                .post(api::post_message)
+                .layer(axum::extract::DefaultBodyLimit::max(api::MAX_POST_BYTES)),
         )
         .leptos_routes_with_context(
             &state,
@@ -235,13 +339,17 @@ pub fn router(state: AppState) -> Router {
                 let state = state.clone();
                 move || {
                     provide_context(state.clone());
-                    page_security_policy(&state.leptos_options);
+                    page_security_policy();
                 }
             },
             move || shell(options.clone()),
         )
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         .layer(middleware::from_fn_with_state(state.clone(), require_login))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_deadline,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             upgrade_on_root,
@@ -287,10 +395,18 @@ pub async fn run(
     let stop = state.shutdown.clone();
     let stopped = state.shutdown.subscribe();
     let connections = state.connections.clone();
+    let open = state.open.clone();
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(serve::tls_acceptor(cert, key)?),
         (None, None) => None,
         _ => return Err(ServerError::TlsFlags),
+    };
+    let limits = serve::ConnLimits {
+        max_total: config
+            .max_connections
+            .unwrap_or_else(config::default_max_connections),
+        max_per_ip: config.max_connections_per_ip,
+        exempt: Arc::new(config.trusted_proxies.clone()),
     };
     let mut app = router(state);
     if tls.is_some() {
@@ -304,14 +420,17 @@ pub async fn run(
         tracing::info!("shutting down: closing WebSockets with 1001");
         stop.send_replace(true);
     });
-    serve::serve(listener, app, tls, stopped).await?;
-    if tokio::time::timeout(SHUTDOWN_GRACE, connections.drained())
+    // The WebSockets start their close handshakes at the same moment as the HTTP drain, so one
+    // deadline covers both.
+    let stopped_at = serve::serve(listener, app, tls, stopped, limits, open).await?;
+    let deadline = stopped_at + SHUTDOWN_DEADLINE;
+    if tokio::time::timeout_at(deadline, connections.drained())
         .await
         .is_err()
     {
         tracing::warn!(
             open = connections.count(),
-            "WebSockets still open after the grace period"
+            "WebSockets still open at the shutdown deadline"
         );
     }
     tracing::info!("stopped");

@@ -1,9 +1,11 @@
-//! The account pages: sign up, log in, log out, and personal API tokens. Plain server-rendered
-//! HTML forms, so they work before (and without) the WASM client; every form carries a CSRF token
-//! that must match the browser's CSRF cookie, and must come from an allowed origin.
+//! The account pages: sign up (open, by invite, or closed), log in, log out, personal API tokens
+//! and, for admins, invite links. Plain server-rendered HTML forms, so they work before (and
+//! without) the WASM client; every form carries a CSRF token that must match the browser's CSRF
+//! cookie, and must come from an allowed origin.
 
 use crate::protocol::normalize_name;
-use crate::server::auth::{self, csrf_token, digest, hash_password, verify_password, Credential};
+use crate::server::auth::{self, digest, AuthError, Credential};
+use crate::server::config::Registration;
 use crate::server::store::{StoreError, User};
 use crate::server::AppState;
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -14,6 +16,9 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 
 /// The policy of these pages: the stylesheet and the favicon, and forms to this server.
+/// Largest form body the account routes read; a form is a few short fields.
+pub const MAX_FORM_BYTES: usize = 16 * 1024;
+
 const PAGE_CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
                         base-uri 'none'; frame-ancestors 'none'";
 
@@ -33,7 +38,7 @@ fn page(
     title: &str,
     body: impl Fn(&str) -> String,
 ) -> Response {
-    let (csrf, new) = csrf_token(headers);
+    let (csrf, new) = state.auth.csrf_token(headers);
     let html = format!(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"/>\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"/>\
@@ -68,7 +73,8 @@ fn csrf_field(csrf: &str) -> String {
 
 /// Whether a form post carries the browser's CSRF token and comes from an allowed origin.
 fn form_ok(state: &AppState, headers: &HeaderMap, csrf: Option<&str>) -> bool {
-    let cookie = auth::cookie(headers, auth::CSRF_COOKIE);
+    let name = state.auth.csrf_cookie_name();
+    let cookie = auth::cookie(headers, &name);
     let token_ok = matches!((cookie, csrf), (Some(c), Some(f)) if !c.is_empty() && c == f);
     token_ok && state.auth.origin_allowed(headers)
 }
@@ -84,6 +90,8 @@ fn forbidden_form() -> Response {
 #[derive(Deserialize)]
 pub struct Notice {
     error: Option<String>,
+    /// An invite code, carried from the invite link into the sign-up form.
+    invite: Option<String>,
 }
 
 fn notice(q: &Notice) -> String {
@@ -93,6 +101,8 @@ fn notice(q: &Notice) -> String {
         Some("username") => "A username has 3 to 32 characters: a-z, 0-9, '.', '_' or '-'.",
         Some("password") => "A password has 8 to 256 characters.",
         Some("name") => "A display name has at most 64 characters.",
+        Some("invite") => "This invite link is unknown, used up or expired. Ask for a new one.",
+        Some("busy") => "The server is busy. Try again in a moment.",
         _ => return String::new(),
     };
     format!("<p class=\"error\" role=\"alert\">{text}</p>")
@@ -121,9 +131,34 @@ pub async fn signup_page(
     headers: HeaderMap,
     Query(q): Query<Notice>,
 ) -> Response {
+    let invite = q.invite.as_deref().filter(|c| {
+        c.len() <= 64
+            && c.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    let open = match registration_gate(&state).await {
+        Gate::Open => true,
+        Gate::Invite => false,
+        Gate::Closed => return closed_page(&state, &headers),
+    };
+    if !open && invite.is_none() {
+        return page(&state, &headers, StatusCode::OK, "Sign up", |_| {
+            "<h2>Sign up</h2><p class=\"notice\">New accounts need an invite link from an admin of \
+             this server.</p><p>Have an account? <a href=\"/login\">Log in</a></p>"
+                .to_owned()
+        });
+    }
+    let invite_field = invite
+        .map(|c| {
+            format!(
+                "<input type=\"hidden\" name=\"invite\" value=\"{}\"/>",
+                esc(c)
+            )
+        })
+        .unwrap_or_default();
     page(&state, &headers, StatusCode::OK, "Sign up", |csrf| {
         format!(
-            "<h2>Sign up</h2>{}<form method=\"post\" action=\"/auth/signup\">{}\
+            "<h2>Sign up</h2>{}<form method=\"post\" action=\"/auth/signup\">{}{invite_field}\
              <label>Username <input name=\"username\" autocomplete=\"username\" required minlength=\"3\" maxlength=\"32\"/></label>\
              <label>Display name <input name=\"display_name\" maxlength=\"64\"/></label>\
              <label>Password <input name=\"password\" type=\"password\" autocomplete=\"new-password\" required minlength=\"8\"/></label>\
@@ -133,6 +168,63 @@ pub async fn signup_page(
             csrf_field(csrf)
         )
     })
+}
+
+/// What the registration setting means right now.
+enum Gate {
+    Open,
+    Invite,
+    Closed,
+}
+
+/// The registration gate. Whatever the setting, an installation without accounts lets its first
+/// one (the admin) be made, or nobody could ever make an invite.
+async fn registration_gate(state: &AppState) -> Gate {
+    if state.registration == Registration::Open {
+        return Gate::Open;
+    }
+    match state.auth.accounts.has_users().await {
+        Ok(false) => Gate::Open,
+        _ if state.registration == Registration::Invite => Gate::Invite,
+        _ => Gate::Closed,
+    }
+}
+
+fn closed_page(state: &AppState, headers: &HeaderMap) -> Response {
+    page(state, headers, StatusCode::FORBIDDEN, "Sign up", |_| {
+        "<h2>Sign up</h2><p class=\"notice\">This server does not take new accounts. Ask its \
+         operator.</p><p>Have an account? <a href=\"/login\">Log in</a></p>"
+            .to_owned()
+    })
+}
+
+fn busy() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "2")],
+        "The server is busy. Try again in a moment.",
+    )
+        .into_response()
+}
+
+fn too_many_page(
+    state: &AppState,
+    headers: &HeaderMap,
+    title: &str,
+    wait: std::time::Duration,
+) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let when = if secs < 90 {
+        format!("{secs} seconds")
+    } else {
+        format!("{} minutes", secs.div_ceil(60))
+    };
+    let mut resp = page(state, headers, StatusCode::TOO_MANY_REQUESTS, title, |_| {
+        format!("<p class=\"error\" role=\"alert\">Too many attempts. Try again in {when}.</p>")
+    });
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
 }
 
 #[derive(Deserialize)]
@@ -154,10 +246,12 @@ pub struct SignupForm {
     #[serde(default)]
     password: String,
     #[serde(default)]
+    invite: Option<String>,
+    #[serde(default)]
     csrf: Option<String>,
 }
 
-fn valid_username(u: &str) -> bool {
+pub fn valid_username(u: &str) -> bool {
     (3..=32).contains(&u.len())
         && u.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
@@ -171,13 +265,15 @@ fn internal(e: impl std::fmt::Display) -> Response {
 /// Starts a new session for `user` (a new id every time: the id changes at log-in), ends the one
 /// the browser had, and sends it to the chat.
 async fn start_session(state: &AppState, headers: &HeaderMap, user: &User) -> Response {
-    if let Some(old) = auth::cookie(headers, auth::SESSION_COOKIE) {
+    if let Some(old) = state.auth.session_id(headers) {
         let old = digest(old);
-        let _ = state.auth.accounts.delete_session(&old).await;
-        state.auth.revoke(Credential::Session(old));
+        if let Ok(Some(owner)) = state.auth.accounts.delete_session(&old).await {
+            state.auth.revoke(owner, &Credential::Session(old));
+        }
     }
     let sid = auth::random_secret();
-    let expires = auth::now_ms() + i64::try_from(auth::SESSION_TTL.as_millis()).unwrap_or(i64::MAX);
+    let expires = auth::now_ms()
+        .saturating_add(i64::try_from(state.auth.session_ttl.as_millis()).unwrap_or(i64::MAX));
     if let Err(e) = state
         .auth
         .accounts
@@ -203,72 +299,121 @@ pub async fn login(
         return forbidden_form();
     }
     let username = f.username.trim().to_lowercase();
+    // A name that cannot exist needs no look-up, no hash and no counter.
+    if !valid_username(&username) || f.password.len() > 1024 {
+        return see_other("/login?error=invalid");
+    }
     let ip = state.auth.client_ip(peer.ip(), &headers);
-    if let Err(wait) = state.auth.login_allowed(&username, ip) {
-        let secs = wait.as_secs().max(1);
-        let mut resp = page(
-            &state,
-            &headers,
-            StatusCode::TOO_MANY_REQUESTS,
-            "Log in",
-            |_| {
-                format!("<p class=\"error\" role=\"alert\">Too many attempts. Try again in {} minutes.</p>", secs.div_ceil(60))
-            },
-        );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        return resp;
+    if let Err(wait) = state.auth.login_reserve(&username, ip) {
+        return too_many_page(&state, &headers, "Log in", wait);
     }
     let creds = match state.auth.accounts.credentials(&username).await {
         Ok(c) => c,
         Err(e) => return internal(e),
     };
     let hash = creds.as_ref().map(|c| c.password_hash.clone());
-    if !verify_password(hash, f.password).await {
-        state.auth.login_failed(&username);
-        return see_other("/login?error=invalid");
+    match state.auth.hasher.verify(hash, f.password).await {
+        Ok(true) => {}
+        Ok(false) => return see_other("/login?error=invalid"),
+        Err(_) => return busy(),
     }
     match creds {
-        Some(c) => start_session(&state, &headers, &c.user).await,
+        Some(c) => {
+            state.auth.login_succeeded(&username, ip);
+            start_session(&state, &headers, &c.user).await
+        }
         None => see_other("/login?error=invalid"),
     }
 }
 
 pub async fn signup(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Form(f): Form<SignupForm>,
 ) -> Response {
     if !form_ok(&state, &headers, f.csrf.as_deref()) {
         return forbidden_form();
     }
+    let invite = match registration_gate(&state).await {
+        Gate::Open => None,
+        Gate::Closed => return closed_page(&state, &headers),
+        Gate::Invite => match f
+            .invite
+            .as_deref()
+            .filter(|c| !c.is_empty() && c.len() <= 64)
+        {
+            Some(code) => Some(digest(code)),
+            None => return see_other("/signup?error=invite"),
+        },
+    };
+    let again = |error: &str| match &f.invite {
+        Some(code) if invite.is_some() => see_other(&format!(
+            "/signup?error={error}&invite={}",
+            code.replace(
+                |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_',
+                ""
+            )
+        )),
+        _ => see_other(&format!("/signup?error={error}")),
+    };
     let username = f.username.trim().to_lowercase();
     if !valid_username(&username) {
-        return see_other("/signup?error=username");
+        return again("username");
     }
     if !(8..=256).contains(&f.password.chars().count()) {
-        return see_other("/signup?error=password");
+        return again("password");
     }
     let display = if f.display_name.trim().is_empty() {
         username.clone()
     } else {
         match normalize_name(Some(&f.display_name)) {
             Ok(n) => n,
-            Err(_) => return see_other("/signup?error=name"),
+            Err(_) => return again("name"),
         }
     };
-    let hash = match hash_password(f.password).await {
+    let ip = state.auth.client_ip(peer.ip(), &headers);
+    if let Err(wait) = state.auth.signup_allowed(ip) {
+        return too_many_page(&state, &headers, "Sign up", wait);
+    }
+    // Everything that can be refused without hashing is refused first: the hash is the cost.
+    match state.auth.accounts.credentials(&username).await {
+        Ok(Some(_)) => return again("taken"),
+        Ok(None) => {}
+        Err(e) => return internal(e),
+    }
+    let now = auth::now_ms();
+    if let Some(code) = &invite {
+        match state.auth.accounts.invite_valid(code, now).await {
+            Ok(true) => {}
+            Ok(false) => return again("invite"),
+            Err(e) => return internal(e),
+        }
+    }
+    let hash = match state.auth.hasher.hash(f.password).await {
         Ok(h) => h,
+        Err(AuthError::Busy(_)) => return busy(),
         Err(e) => return internal(e),
     };
     match state
         .auth
         .accounts
-        .create_user(&username, &display, &hash)
+        .create_user(
+            &username,
+            &display,
+            &hash,
+            invite.as_deref().map(|c| (c, now)),
+        )
         .await
     {
-        Ok(user) => start_session(&state, &headers, &user).await,
-        Err(StoreError::UserExists) => see_other("/signup?error=taken"),
+        Ok(user) => {
+            if user.is_admin {
+                tracing::info!(user = %user.username, "the first account was made; it is the admin");
+            }
+            start_session(&state, &headers, &user).await
+        }
+        Err(StoreError::UserExists) => again("taken"),
+        Err(StoreError::InviteInvalid) => again("invite"),
         Err(e) => internal(e),
     }
 }
@@ -287,22 +432,28 @@ pub async fn logout(
     if !form_ok(&state, &headers, f.csrf.as_deref()) {
         return forbidden_form();
     }
-    if let Some(sid) = auth::cookie(&headers, auth::SESSION_COOKIE) {
+    if let Some(sid) = state.auth.session_id(&headers) {
         let hash = digest(sid);
-        if let Err(e) = state.auth.accounts.delete_session(&hash).await {
-            return internal(e);
+        // Only a session that existed closes sockets: a made-up cookie wakes nobody.
+        match state.auth.accounts.delete_session(&hash).await {
+            Ok(Some(owner)) => {
+                state.auth.revoke(owner, &Credential::Session(hash));
+            }
+            Ok(None) => {}
+            Err(e) => return internal(e),
         }
-        state.auth.revoke(Credential::Session(hash));
     }
     let mut resp = see_other("/login");
-    resp.headers_mut()
-        .append(header::SET_COOKIE, state.auth.session_cookie(None));
+    let h = resp.headers_mut();
+    h.append(header::SET_COOKIE, state.auth.session_cookie(None));
+    // The browser forgets what this account left behind, the unsent outbox included.
+    h.insert("clear-site-data", HeaderValue::from_static("\"storage\""));
     resp
 }
 
 /// The logged-in user of a page request (session cookie only).
 async fn session_user(state: &AppState, headers: &HeaderMap) -> Option<User> {
-    let sid = auth::cookie(headers, auth::SESSION_COOKIE)?;
+    let sid = state.auth.session_id(headers)?;
     state
         .auth
         .accounts
@@ -310,6 +461,7 @@ async fn session_user(state: &AppState, headers: &HeaderMap) -> Option<User> {
         .await
         .ok()
         .flatten()
+        .map(|(user, _)| user)
 }
 
 async fn tokens_view(
@@ -440,10 +592,117 @@ pub async fn revoke_token(
         .await
     {
         Ok(true) => {
-            state.auth.revoke(Credential::Token(id));
+            state.auth.revoke(user.id, &Credential::Token(id));
             see_other("/tokens")
         }
         Ok(false) => (StatusCode::NOT_FOUND, "no such token").into_response(),
         Err(e) => internal(e),
     }
+}
+
+/// `GET /invites`: an admin's invite links, and a form to make one.
+pub async fn invites_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match session_user(&state, &headers).await {
+        Some(user) if user.is_admin => invites_view(&state, &headers, None).await,
+        Some(_) => (StatusCode::FORBIDDEN, "only admins make invite links").into_response(),
+        None => see_other("/login"),
+    }
+}
+
+async fn invites_view(state: &AppState, headers: &HeaderMap, created: Option<String>) -> Response {
+    let invites = match state.auth.accounts.invites().await {
+        Ok(i) => i,
+        Err(e) => return internal(e),
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let scheme = if state.auth.secure { "https" } else { "http" };
+    let mode = match state.registration {
+        Registration::Open => "open: anyone can sign up, with or without a link",
+        Registration::Invite => "by invite: new accounts need one of these links",
+        Registration::Closed => "closed: nobody can sign up, links included",
+    };
+    page(state, headers, StatusCode::OK, "Invites", |csrf| {
+        let now = auth::now_ms();
+        let rows: String = invites
+            .iter()
+            .map(|i| {
+                let left = if i.expires_at <= now {
+                    "expired".to_owned()
+                } else {
+                    format!(
+                        "{} uses left, {} days to go",
+                        i.uses_left,
+                        (i.expires_at - now) / 86_400_000
+                    )
+                };
+                format!(
+                    "<li class=\"token\"><b>#{}</b> by {} <span>{left}</span></li>",
+                    i.id,
+                    esc(&i.created_by)
+                )
+            })
+            .collect();
+        let shown = created
+            .as_ref()
+            .map(|code| {
+                format!(
+                    "<p class=\"new-token\">Send this link, shown only this once:<br/>\
+                     <code>{scheme}://{}/signup?invite={}</code></p>",
+                    esc(host),
+                    esc(code)
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            "<h2>Invite links</h2><p>Registration is {mode}.</p>{shown}<ul class=\"tokens\">{rows}</ul>\
+             <form method=\"post\" action=\"/auth/invites\">{}\
+             <label>Uses <input name=\"uses\" type=\"number\" min=\"1\" max=\"1000\" value=\"1\"/></label>\
+             <label>Valid for (days) <input name=\"days\" type=\"number\" min=\"1\" max=\"90\" value=\"7\"/></label>\
+             <button type=\"submit\">Make an invite link</button></form><p><a href=\"/\">Back to the chat</a></p>",
+            csrf_field(csrf)
+        )
+    })
+}
+
+#[derive(Deserialize)]
+pub struct NewInvite {
+    #[serde(default)]
+    uses: Option<i64>,
+    #[serde(default)]
+    days: Option<i64>,
+    #[serde(default)]
+    csrf: Option<String>,
+}
+
+/// `POST /auth/invites`: an admin makes an invite link.
+pub async fn create_invite(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<NewInvite>,
+) -> Response {
+    if !form_ok(&state, &headers, f.csrf.as_deref()) {
+        return forbidden_form();
+    }
+    let Some(user) = session_user(&state, &headers).await else {
+        return see_other("/login");
+    };
+    if !user.is_admin {
+        return (StatusCode::FORBIDDEN, "only admins make invite links").into_response();
+    }
+    let uses = f.uses.unwrap_or(1).clamp(1, 1000);
+    let days = f.days.unwrap_or(7).clamp(1, 90);
+    let code = auth::random_secret();
+    let expires = auth::now_ms() + days * 86_400_000;
+    if let Err(e) = state
+        .auth
+        .accounts
+        .create_invite(&digest(&code), user.id, expires, uses)
+        .await
+    {
+        return internal(e);
+    }
+    invites_view(&state, &headers, Some(code)).await
 }

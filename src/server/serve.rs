@@ -1,16 +1,19 @@
 //! The accept loop: plain TCP or TLS (rustls), HTTP/1.1 with upgrades, a header read timeout and
-//! header limits, the peer address for the handlers, and graceful shutdown of every connection.
+//! header limits, caps on open connections (in all and per address), the peer address for the
+//! handlers, and graceful shutdown of every connection.
 
+use crate::server::limits::IpKey;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -27,7 +30,12 @@ pub const MAX_HEADERS: usize = 100;
 /// Largest request head, in bytes; more gets 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// How long shutdown waits for HTTP connections to finish their current request.
-const DRAIN_GRACE: Duration = Duration::from_secs(2);
+pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// Longest pause of the accept loop when accepting fails (out of file descriptors): it backs off
+/// from 10 ms, doubling, instead of spinning on an error that persists.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// What a refused connection is told.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: text/plain\r\nContent-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n";
 /// A TLS handshake must finish within this time.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closed connection keeps reading (and discarding) what the peer still sends.
@@ -70,40 +78,155 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Caps on open connections, from the configuration.
+#[derive(Clone, Debug)]
+pub struct ConnLimits {
+    pub max_total: usize,
+    pub max_per_ip: usize,
+    /// Addresses whose connections count only against the total (trusted proxies carry many
+    /// clients each).
+    pub exempt: Arc<Vec<IpAddr>>,
+}
+
+impl ConnLimits {
+    /// No caps (tests and embedders that do their own).
+    pub fn unlimited() -> Self {
+        ConnLimits {
+            max_total: usize::MAX,
+            max_per_ip: usize::MAX,
+            exempt: Arc::default(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpKey, usize>,
+}
+
+/// The open connections, counted; shared by the accept loop and every connection's slot.
+#[derive(Clone, Default)]
+pub struct OpenConnections {
+    counts: Arc<Mutex<Counts>>,
+}
+
+/// One open connection's place in the counts; freed when the connection's socket is dropped.
+struct ConnSlot {
+    counts: Arc<Mutex<Counts>>,
+    key: Option<IpKey>,
+}
+
+impl OpenConnections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a place for a connection from `ip`, or `None` when a cap is reached.
+    fn admit(&self, ip: IpAddr, limits: &ConnLimits) -> Option<ConnSlot> {
+        let mut c = self.lock();
+        if c.total >= limits.max_total {
+            return None;
+        }
+        let key = (!limits.exempt.contains(&ip)).then(|| IpKey::of(ip));
+        if let Some(key) = key {
+            let n = c.per_ip.entry(key).or_insert(0);
+            if *n >= limits.max_per_ip {
+                return None;
+            }
+            *n += 1;
+        }
+        c.total += 1;
+        Some(ConnSlot {
+            counts: Arc::clone(&self.counts),
+            key,
+        })
+    }
+
+    /// Open connections in all.
+    pub fn total(&self) -> usize {
+        self.lock().total
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        c.total = c.total.saturating_sub(1);
+        if let Some(key) = self.key {
+            if let Some(n) = c.per_ip.get_mut(&key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    c.per_ip.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// Tells a refused client why, without waiting on it, then closes.
+fn refuse(stream: TcpStream, tls: bool) {
+    tokio::spawn(async move {
+        let mut stream = Lingering::new(stream, None);
+        if !tls {
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(REFUSAL)).await;
+        }
+    });
+}
+
 async fn stopping(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Serves `app` on `listener` until `stop` turns true; then stops accepting, lets each
-/// connection finish its current request, and returns.
+/// connection finish its current request (for at most [`DRAIN_GRACE`]), and returns when it
+/// started to stop.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<TlsAcceptor>,
     stop: watch::Receiver<bool>,
-) -> std::io::Result<()> {
+    limits: ConnLimits,
+    open: OpenConnections,
+) -> std::io::Result<tokio::time::Instant> {
     let mut connections = tokio::task::JoinSet::new();
     let mut stop_accepting = stop.clone();
+    let mut backoff = Duration::ZERO;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok(pair) => {
+                    backoff = Duration::ZERO;
+                    pair
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: wait a little, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors and the like: the error lasts until connections
+                    // close, so wait longer each time instead of spinning on it.
+                    backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
+                    if backoff == MAX_ACCEPT_BACKOFF || backoff == Duration::from_millis(10) {
+                        tracing::warn!(error = %e, "accept failed; backing off");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stopping(&mut stop_accepting) => break,
+                    }
                     continue;
                 }
             },
             _ = stopping(&mut stop_accepting) => break,
         };
         while connections.try_join_next().is_some() {}
+        let Some(slot) = open.admit(peer.ip(), &limits) else {
+            tracing::debug!(%peer, "connection refused: too many open");
+            refuse(stream, tls.is_some());
+            continue;
+        };
         let app = app.clone();
         let tls = tls.clone();
         let stop = stop.clone();
         connections.spawn(async move {
             let _ = stream.set_nodelay(true);
-            let stream = Lingering::new(stream);
+            let stream = Lingering::new(stream, Some(slot));
             match tls {
                 None => connection(stream, peer, app, stop).await,
                 Some(acceptor) => {
@@ -117,6 +240,7 @@ pub async fn serve(
             }
         });
     }
+    let stopped_at = tokio::time::Instant::now();
     drop(listener);
     // Each connection finishes its current request; one that is still sending its head (or is
     // stuck) does not hold up the shutdown past the grace period.
@@ -124,7 +248,7 @@ pub async fn serve(
     if tokio::time::timeout(DRAIN_GRACE, drained).await.is_err() {
         tracing::debug!("closing the HTTP connections that did not finish in time");
     }
-    Ok(())
+    Ok(stopped_at)
 }
 
 async fn connection<IO>(io: IO, peer: SocketAddr, app: Router, mut stop: watch::Receiver<bool>)
@@ -165,14 +289,19 @@ where
 /// the last frames written before it (a WebSocket Close 1009 to a client that is still sending
 /// an oversized message, an HTTP error to a client still uploading). Lingering lets the peer read
 /// them first.
+///
+/// It also holds the connection's place in the open-connection counts, so the place is freed
+/// when the socket is, whether it served HTTP or was upgraded to a WebSocket.
 struct Lingering {
     stream: Option<TcpStream>,
+    _slot: Option<ConnSlot>,
 }
 
 impl Lingering {
-    fn new(stream: TcpStream) -> Self {
+    fn new(stream: TcpStream, slot: Option<ConnSlot>) -> Self {
         Self {
             stream: Some(stream),
+            _slot: slot,
         }
     }
 

@@ -3,14 +3,15 @@
 //! room's history in seq order with no gap and no duplicate, whatever the hub dropped or reordered.
 
 use crate::protocol::{
-    self, close, ClassicMessage, ClientFrame, ErrorCode, ServerFrame, DEFAULT_ROOM,
-    MAX_FRAME_BYTES, SUBPROTOCOL,
+    self, close, ClassicMessage, ClientFrame, ErrorCode, Invalid, ServerFrame, DEFAULT_ROOM,
+    MAX_FRAME_BYTES, MAX_RESUME_ROOMS, SUBPROTOCOL,
 };
-use crate::server::auth::Auth;
-use crate::server::auth::{Identity, Revoked};
+use crate::server::api::rate_key;
+use crate::server::auth::{Auth, Identity};
 use crate::server::chat::{encode, server_client_id, Chat};
 use crate::server::error::AppError;
 use crate::server::hub::{Delivery, Event, Subscriber};
+use crate::server::limits::{RateKey, Rates};
 use crate::server::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
@@ -21,6 +22,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// Messages read from storage per query during a replay, so a client far behind never makes the
 /// server build one huge reply.
@@ -34,6 +37,15 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How long a slow consumer's close frame may wait behind its backlog. The connection has left the
 /// hub by then, so it holds only its socket buffers meanwhile.
 const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(60);
+/// How long a client may stay over its message rate (its frames read ever later) before it is
+/// closed with 1008: long enough for a burst of a few hundred to arrive whole.
+pub const RATE_PATIENCE: Duration = Duration::from_secs(10);
+/// Most messages a join replays over the socket; a client further behind is told
+/// `history_gap` and pages over HTTP, so no socket streams a whole history again and again.
+pub const MAX_JOIN_REPLAY: u64 = 10_000;
+/// Heartbeats between checks of the socket's credential in the database (its end is normally
+/// signalled at once; this catches an end that was not, and the expiry is checked every beat).
+const RECHECK_EVERY: u32 = 3;
 
 /// Which protocol a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,8 +61,6 @@ pub enum Mode {
 pub struct Limits {
     pub ping_interval: Duration,
     pub send_timeout: Duration,
-    /// Frames per second a client may send.
-    pub message_rate: u32,
 }
 
 /// `GET /ws` (and `GET /` with an Upgrade header).
@@ -69,9 +79,6 @@ pub async fn upgrade(
         )
             .into_response();
     }
-    // Listen for log-outs and revocations before the credential is checked, so one that lands
-    // between the check and the socket's first wait is not missed.
-    let revocations = state.auth.revocations();
     // Authenticate before the 101: no socket, and no task, for a request that fails.
     let ip = state.auth.client_ip(peer.ip(), &headers);
     let too_many = |wait: Duration| {
@@ -82,7 +89,7 @@ pub async fn upgrade(
         )
             .into_response()
     };
-    let identity = match state.auth.identify(&headers, true).await {
+    let identity = match state.auth.identify(&headers, ip, true).await {
         Ok(identity) => identity,
         Err(denied) => {
             if let Err(wait) = state.auth.unauthenticated_handshake(ip) {
@@ -91,8 +98,10 @@ pub async fn upgrade(
             return denied.into_response();
         }
     };
+    // An account's socket is registered with its credential before the 101, so a log-out from
+    // this moment on closes it.
     let slot = match &identity.user {
-        Some(user) => match state.auth.socket_slot(user.id) {
+        Some(user) => match state.auth.socket_slot(user.id, &identity.credential) {
             Some(slot) => Some(slot),
             None => return too_many(Duration::from_secs(1)),
         },
@@ -113,7 +122,9 @@ pub async fn upgrade(
     // stays in it for the socket's whole life.
     let guard = state.connections.enter();
     let limit = state.ws_limits.send_timeout;
-    let conn = Box::new(Connection::new(state, mode, identity, revocations));
+    let revoked = slot.as_ref().map(|s| Arc::clone(&s.revoked));
+    let key = rate_key(&identity, ip);
+    let conn = Box::new(Connection::new(state, mode, identity, revoked, key));
     ws.on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |socket| SEND_TIMEOUT.scope(limit, conn.run(socket, (guard, slot))))
 }
@@ -161,8 +172,8 @@ struct Connection {
     auth: Auth,
     limits: Limits,
     shutdown: tokio::sync::watch::Receiver<bool>,
-    /// Subscribed before the credential was checked; taken by the connection's loop.
-    revocations: Option<tokio::sync::broadcast::Receiver<Revoked>>,
+    /// Notified when the socket's session or token ends (accounts only).
+    revoked: Option<Arc<Notify>>,
     mode: Mode,
     sub: Subscriber,
     /// Last seq this client has been sent (or told of) in each joined room.
@@ -172,46 +183,30 @@ struct Connection {
     /// The name an anonymous client gave in `hello`.
     user: Option<String>,
     said_hello: bool,
-    bucket: Bucket,
+    rates: Rates,
+    rate_key: RateKey,
+    /// A frame read while the budget was empty, waiting for it; no more is read meanwhile.
+    held: Option<Box<Input>>,
+    /// When the held frame may go.
+    paused_until: Option<Instant>,
+    /// Since when the client has been over its rate without a break.
+    over_since: Option<Instant>,
 }
 
-/// A token bucket over the frames a client sends.
-struct Bucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: tokio::time::Instant,
-    /// Frames refused since the bucket was last full; too many and the client is closed.
-    refused: u32,
+/// A client frame, parsed.
+enum Input {
+    Rich(Result<ClientFrame, Invalid>),
+    Classic(Result<ClassicMessage, String>),
 }
 
-impl Bucket {
-    fn new(rate: u32) -> Self {
-        let rate = f64::from(rate.max(1));
-        Bucket {
-            tokens: rate * 2.0,
-            rate,
-            burst: rate * 2.0,
-            last: tokio::time::Instant::now(),
-            refused: 0,
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = tokio::time::Instant::now();
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= self.burst {
-            // Calm again: forget earlier refusals.
-            self.refused = 0;
-        }
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            self.refused += 1;
-            false
+impl Input {
+    /// What the frame costs of the message budget: one, and one per room a `hello` resumes.
+    fn cost(&self) -> u32 {
+        match self {
+            Input::Rich(Ok(ClientFrame::Hello { resume, .. })) => {
+                u32::try_from(resume.len()).unwrap_or(u32::MAX).max(1)
+            }
+            _ => 1,
         }
     }
 }
@@ -246,20 +241,24 @@ impl Connection {
         state: AppState,
         mode: Mode,
         identity: Identity,
-        revocations: tokio::sync::broadcast::Receiver<Revoked>,
+        revoked: Option<Arc<Notify>>,
+        rate_key: RateKey,
     ) -> Self {
         let sub = state.chat.hub.subscribe();
-        let rate = state.ws_limits.message_rate;
         Connection {
             shutdown: state.shutdown.subscribe(),
-            revocations: Some(revocations),
+            revoked,
             chat: state.chat,
             auth: state.auth,
             limits: state.ws_limits,
             mode,
             sub,
             identity,
-            bucket: Bucket::new(rate),
+            rates: state.rates,
+            rate_key,
+            held: None,
+            paused_until: None,
+            over_since: None,
             cursors: HashMap::new(),
             user: None,
             said_hello: false,
@@ -296,59 +295,58 @@ impl Connection {
     /// what every connection costs: each branch's work is boxed (allocated only while it runs).
     async fn serve(&mut self, socket: &mut WebSocket) -> Result<(), End> {
         // The signals that rarely fire stay registered across wake-ups instead of being set up and
-        // torn down for every delivery (the shutdown and revocation ones are shared by every
-        // connection).
+        // torn down for every delivery.
         let mut shutdown = self.shutdown.clone();
         let stop = stopping(&mut shutdown);
         tokio::pin!(stop);
-        let receiver = match self.revocations.take() {
-            Some(receiver) => receiver,
-            None => self.auth.revocations(),
+        let signal = self.revoked.clone();
+        let revoked = async {
+            match &signal {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
         };
-        let mut revoked = Box::pin(next_revocation(receiver));
-        let mut revocations_open = true;
+        tokio::pin!(revoked);
         let every = self.limits.ping_interval;
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + every, every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beats = 0u32;
         // Whether a ping is out that the client has not answered (any frame counts as an answer).
         let mut awaiting_pong = false;
         if self.mode == Mode::Classic {
             Box::pin(self.join(socket, DEFAULT_ROOM, None)).await?;
         }
         loop {
+            let paused_until = self.paused_until;
             tokio::select! {
                 biased;
                 _ = &mut stop => {
                     return Err(End::Close(close::GOING_AWAY, "server shutting down"));
                 }
-                (notice, receiver) = &mut revoked, if revocations_open => {
-                    revoked.set(next_revocation(receiver));
-                    match notice {
-                        Ok(Revoked(c)) if c == self.identity.credential => {
-                            return Err(End::Close(close::REVOKED, "logged out"));
-                        }
-                        Ok(_) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            // Notices were missed: check our own credential directly.
-                            let check = self.auth.still_valid(&self.identity.credential);
-                            if !Box::pin(check).await {
-                                return Err(End::Close(close::REVOKED, "logged out"));
-                            }
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                            // No more notices will come.
-                            revocations_open = false;
-                        }
-                    }
-                },
+                _ = &mut revoked => {
+                    return Err(End::Close(close::REVOKED, "logged out"));
+                }
                 _ = heartbeat.tick() => {
-                    if awaiting_pong {
+                    // A client whose frames are held back is evidently alive, and its pong may be
+                    // among what is not read yet.
+                    if awaiting_pong && paused_until.is_none() {
                         return Err(End::Close(close::HEARTBEAT_TIMEOUT, "no answer to ping"));
                     }
-                    awaiting_pong = true;
+                    awaiting_pong = paused_until.is_none();
+                    beats = beats.wrapping_add(1);
+                    if !Box::pin(self.credential_holds(beats)).await {
+                        return Err(End::Close(close::REVOKED, "session ended"));
+                    }
                     Box::pin(send(socket, Message::Ping(Default::default()))).await?;
                 }
-                incoming = socket.recv() => {
+                _ = tokio::time::sleep_until(paused_until.unwrap_or_else(Instant::now)),
+                    if paused_until.is_some() => {
+                    self.paused_until = None;
+                    if let Some(input) = self.held.take() {
+                        Box::pin(self.admit(socket, *input, true)).await?;
+                    }
+                }
+                incoming = socket.recv(), if paused_until.is_none() => {
                     if matches!(incoming, Some(Ok(_))) {
                         awaiting_pong = false;
                     }
@@ -373,6 +371,22 @@ impl Connection {
                 },
             }
         }
+    }
+
+    /// Whether the socket's session or token still holds: its expiry on every beat, the
+    /// database every few.
+    async fn credential_holds(&self, beats: u32) -> bool {
+        if self
+            .identity
+            .expires_at
+            .is_some_and(|t| t <= crate::server::auth::now_ms())
+        {
+            return false;
+        }
+        if !beats.is_multiple_of(RECHECK_EVERY) {
+            return true;
+        }
+        self.auth.still_valid(&self.identity).await
     }
 
     /// Writes `first` and whatever else is queued (up to a batch), then flushes them in one go.
@@ -485,14 +499,26 @@ impl Connection {
             .await?;
             return Ok(());
         };
+        if let Some(&cursor) = self.cursors.get(room) {
+            // Already joined: its cursor stands (moving it would skip or repeat messages).
+            if self.mode == Mode::Rich {
+                let joined = ServerFrame::Joined {
+                    room: room.to_owned(),
+                    head: cursor,
+                };
+                send(socket, text(encode(&joined))).await?;
+            }
+            return Ok(());
+        }
         self.sub.join(room);
         // Read the head again now that live deliveries are queued for us.
         let head = self.head(room).await?.unwrap_or_default();
         let room: Arc<str> = Arc::from(room);
         let cursor = match after {
             None => head,
-            Some(after) if after > head => {
-                // The client has seen seqs this room never had (its history was reset): say so.
+            Some(after) if after > head || head - after > MAX_JOIN_REPLAY => {
+                // The client has seen seqs this room never had (its history was reset), or is so
+                // far behind that it should page over HTTP: say so, and go on live from the head.
                 if self.mode == Mode::Rich {
                     feed(
                         socket,
@@ -530,59 +556,106 @@ impl Connection {
         })
     }
 
+    /// Parses a frame and admits it under the account's message budget.
     async fn on_text(&mut self, socket: &mut WebSocket, t: Utf8Bytes) -> Result<(), End> {
-        if !self.bucket.take() {
-            // A client that keeps going after being told is closed.
-            if self.bucket.refused > self.bucket.burst as u32 {
-                return Err(End::Close(close::POLICY, "rate limit exceeded"));
+        let input = match self.mode {
+            Mode::Rich => Input::Rich(protocol::parse_client_frame(&t)),
+            Mode::Classic => Input::Classic(
+                serde_json::from_str::<ClassicMessage>(&t)
+                    .map_err(|e| format!("expected {{\"user\",\"message\"}} JSON: {e}")),
+            ),
+        };
+        self.admit(socket, input, false).await
+    }
+
+    /// Handles a frame if the budget allows; otherwise holds it and stops reading until it does
+    /// (the client feels TCP back-pressure, and what it sent arrives late but whole). A client
+    /// that stays over its rate for [`RATE_PATIENCE`] is closed with 1008.
+    async fn admit(
+        &mut self,
+        socket: &mut WebSocket,
+        input: Input,
+        waited: bool,
+    ) -> Result<(), End> {
+        let now = Instant::now();
+        match self.rates.take(self.rate_key, input.cost()) {
+            Ok(()) => {
+                if !waited {
+                    // Within its rate again.
+                    self.over_since = None;
+                }
+                match input {
+                    Input::Rich(frame) => self.on_rich(socket, frame).await,
+                    Input::Classic(msg) => self.on_classic(msg).await,
+                }
             }
-            let message = format!(
-                "more than {} frames per second: slow down",
-                self.bucket.rate
-            );
-            return send(socket, error_frame(ErrorCode::RateLimited, message, None)).await;
-        }
-        match self.mode {
-            Mode::Rich => self.on_rich(socket, &t).await,
-            Mode::Classic => self.on_classic(socket, &t).await,
+            Err(wait) => {
+                let since = *self.over_since.get_or_insert(now);
+                if now.duration_since(since) >= RATE_PATIENCE {
+                    return Err(End::Close(
+                        close::POLICY,
+                        "message rate exceeded for too long",
+                    ));
+                }
+                self.held = Some(Box::new(input));
+                self.paused_until = Some(now + wait);
+                Ok(())
+            }
         }
     }
 
-    async fn on_classic(&mut self, socket: &mut WebSocket, t: &str) -> Result<(), End> {
-        let msg: ClassicMessage = match serde_json::from_str(t) {
+    /// A classic client only ever gets classic frames: what it cannot be told in one (a bad
+    /// frame, a refused message) ends the connection with a close code and a reason.
+    async fn on_classic(&mut self, msg: Result<ClassicMessage, String>) -> Result<(), End> {
+        let msg = match msg {
             Ok(m) => m,
             Err(e) => {
-                let code = if serde_json::from_str::<serde_json::Value>(t).is_ok() {
-                    ErrorCode::InvalidFrame
-                } else {
-                    ErrorCode::MalformedJson
-                };
-                let message = format!("expected {{\"user\":\"…\",\"message\":\"…\"}}: {e}");
-                return send(socket, error_frame(code, message, None)).await;
+                tracing::debug!(error = %e, "bad classic frame");
+                return Err(End::Close(
+                    close::INVALID_PAYLOAD,
+                    "expected {\"user\",\"message\"} JSON",
+                ));
             }
         };
-        let client_id = server_client_id();
-        let author = match self.identity.author(Some(&msg.user)) {
-            Ok(a) => a,
-            Err(inv) => return send(socket, error_frame(inv.code, inv.message, None)).await,
-        };
+        if msg.message.trim().is_empty() {
+            return Ok(()); // nothing to store, nothing lost
+        }
+        let author = self
+            .identity
+            .author(Some(&msg.user))
+            .map_err(|_| End::Close(close::INVALID_PAYLOAD, "invalid user name"))?;
         match self
             .chat
-            .post(DEFAULT_ROOM, client_id, author, msg.message)
+            .post(DEFAULT_ROOM, server_client_id(), author, msg.message)
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) => send(socket, app_error(&e, None)).await,
+            Err(AppError::Invalid(inv)) if inv.code == ErrorCode::MessageTooLong => {
+                Err(End::Close(close::TOO_BIG, "message too long"))
+            }
+            Err(AppError::Invalid(_)) => Err(End::Close(close::INVALID_PAYLOAD, "invalid message")),
+            Err(e) => {
+                tracing::error!(error = %e, "storing a classic message failed");
+                Err(End::Close(close::INTERNAL, "storage unavailable"))
+            }
         }
     }
 
-    async fn on_rich(&mut self, socket: &mut WebSocket, t: &str) -> Result<(), End> {
-        let frame = match protocol::parse_client_frame(t) {
+    async fn on_rich(
+        &mut self,
+        socket: &mut WebSocket,
+        frame: Result<ClientFrame, Invalid>,
+    ) -> Result<(), End> {
+        let frame = match frame {
             Ok(f) => f,
             Err(inv) => return send(socket, error_frame(inv.code, inv.message, None)).await,
         };
         match frame {
             ClientFrame::Hello { resume, user } => {
+                if resume.len() > MAX_RESUME_ROOMS {
+                    let message = format!("hello may resume at most {MAX_RESUME_ROOMS} rooms");
+                    return send(socket, error_frame(ErrorCode::InvalidFrame, message, None)).await;
+                }
                 if self.said_hello {
                     return send(
                         socket,
@@ -657,18 +730,6 @@ impl Connection {
             }
         }
     }
-}
-
-/// The next notice of a logged-out session or revoked token, with the receiver to wait for the
-/// one after.
-async fn next_revocation(
-    mut receiver: tokio::sync::broadcast::Receiver<Revoked>,
-) -> (
-    Result<Revoked, tokio::sync::broadcast::error::RecvError>,
-    tokio::sync::broadcast::Receiver<Revoked>,
-) {
-    let notice = receiver.recv().await;
-    (notice, receiver)
 }
 
 /// Resolves once the server starts shutting down.

@@ -4,6 +4,7 @@ use crate::helpers::*;
 use hubbub::protocol::ServerFrame;
 use serde_json::json;
 use sqlx::Connection;
+use std::time::Duration;
 
 async fn db(app: &TestApp) -> sqlx::SqliteConnection {
     let url = format!(
@@ -369,42 +370,103 @@ async fn log_in_rotates_the_session_and_fails_the_same_way_for_unknown_users() {
     }
 }
 
+/// A log-in form post from `address` (through a trusted proxy that names it).
+async fn login_from(
+    app: &TestApp,
+    p: &Person,
+    address: &str,
+    username: &str,
+    password: &str,
+) -> reqwest::Response {
+    p.http
+        .post(app.url("/auth/login"))
+        .header("Origin", app.origin())
+        .header("Cookie", format!("hubbub_csrf={}", p.csrf))
+        .header("X-Forwarded-For", address)
+        .form(&[
+            ("username", username),
+            ("password", password),
+            ("csrf", p.csrf.as_str()),
+        ])
+        .send()
+        .await
+        .expect("post")
+}
+
+fn retry_after(r: &reqwest::Response) -> u64 {
+    r.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("secs")
+}
+
 #[tokio::test]
-async fn repeated_failed_log_ins_are_limited_with_retry_after() {
-    let app = spawn_secure_app().await;
+async fn wrong_passwords_slow_down_one_address_while_the_owner_still_logs_in() {
+    let app = spawn_app_with(|c| {
+        c.allow_anonymous = false;
+        c.trusted_proxies = vec!["127.0.0.1".parse().expect("ip")];
+    })
+    .await;
     let ann = app.sign_up("ann", "Ann").await;
+    let attacker = "203.0.113.9";
+    // Three free tries, then each try must wait, longer each time.
     let mut statuses = Vec::new();
-    for _ in 0..11 {
-        let r = app
-            .form(
-                &ann.http,
-                "/auth/login",
-                &ann.csrf,
-                None,
-                &[("username", "ann"), ("password", "nope")],
-            )
-            .await;
-        statuses.push(r.status().as_u16());
-        if r.status() == 429 {
-            let wait: u64 = r.headers()["retry-after"]
-                .to_str()
-                .expect("ascii")
-                .parse()
-                .expect("secs");
-            assert!(wait > 0 && wait <= 900);
-        }
+    for _ in 0..4 {
+        statuses.push(
+            login_from(&app, &ann, attacker, "ann", "nope")
+                .await
+                .status()
+                .as_u16(),
+        );
     }
-    assert_eq!(&statuses[..10], &[303; 10]);
-    assert_eq!(statuses[10], 429);
-    // Even the right password waits now.
-    let r = app
-        .form(
-            &ann.http,
-            "/auth/login",
-            &ann.csrf,
-            None,
-            &[("username", "ann"), ("password", "correct horse battery")],
-        )
-        .await;
+    assert_eq!(statuses, vec![303, 303, 303, 303]);
+    let r = login_from(&app, &ann, attacker, "ann", "nope").await;
     assert_eq!(r.status(), 429);
+    assert_eq!(retry_after(&r), 1);
+    // Even the right password waits, from that address.
+    let r = login_from(&app, &ann, attacker, "ann", "correct horse battery").await;
+    assert_eq!(r.status(), 429);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        login_from(&app, &ann, attacker, "ann", "nope")
+            .await
+            .status(),
+        303
+    );
+    let r = login_from(&app, &ann, attacker, "ann", "nope").await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(retry_after(&r), 2, "the wait doubles");
+    // The owner, from their own address, is not locked out by the stranger.
+    let r = login_from(&app, &ann, "198.51.100.7", "ann", "correct horse battery").await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/");
+    // An IPv6 attacker counts by its /64: another address in it is the same attacker.
+    for i in 0..4 {
+        let r = login_from(&app, &ann, &format!("2001:db8:7:7::{i}"), "ann", "x").await;
+        assert_eq!(r.status(), 303);
+    }
+    let r = login_from(&app, &ann, "2001:db8:7:7::ffff", "ann", "x").await;
+    assert_eq!(r.status(), 429);
+}
+
+#[tokio::test]
+async fn log_in_attempts_in_flight_cannot_pass_the_count() {
+    let app = spawn_app_with(|c| {
+        c.allow_anonymous = false;
+        c.trusted_proxies = vec!["127.0.0.1".parse().expect("ip")];
+    })
+    .await;
+    let ann = app.sign_up("ann", "Ann").await;
+    // Twenty guesses at once from one address: each is counted before its hash, so only the
+    // three free ones (and the one that opened the first wait) are checked.
+    let tries = (0..20).map(|_| login_from(&app, &ann, "203.0.113.20", "ann", "guess"));
+    let statuses: Vec<u16> = futures_util::future::join_all(tries)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    let checked = statuses.iter().filter(|s| **s == 303).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((checked, refused), (4, 16), "{statuses:?}");
 }

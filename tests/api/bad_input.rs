@@ -63,18 +63,29 @@ async fn bad_frames_get_error_frames_and_the_connection_stays_usable() {
 }
 
 #[tokio::test]
-async fn a_bad_classic_frame_gets_an_error_and_the_connection_stays() {
+async fn a_classic_client_only_ever_gets_classic_frames_and_bad_input_a_close_code() {
     let app = spawn_app().await;
+    // An empty message stores nothing and says nothing; the next one goes through.
     let mut ws = app.classic("/").await;
-    send_text(&mut ws, "hello?").await;
-    expect_error(&mut ws, ErrorCode::MalformedJson).await;
-    send_text(&mut ws, r#"{"user":"x"}"#).await;
-    expect_error(&mut ws, ErrorCode::InvalidFrame).await;
-    send_text(&mut ws, r#"{"user":"x","message":""}"#).await;
-    expect_error(&mut ws, ErrorCode::EmptyMessage).await;
+    send_text(&mut ws, r#"{"user":"x","message":"  "}"#).await;
     send_text(&mut ws, r#"{"user":"x","message":"ok"}"#).await;
     let v: Value = serde_json::from_str(&next_text(&mut ws).await).expect("json");
     assert_eq!(v, json!({"user":"x","message":"ok"}));
+    // A frame it cannot read: no rich error frame, a close with 1007 and a reason.
+    send_text(&mut ws, "hello?").await;
+    assert_eq!(close_code(&mut ws).await, 1007);
+    let mut ws = app.classic("/").await;
+    send_text(&mut ws, r#"{"user":"x"}"#).await;
+    assert_eq!(close_code(&mut ws).await, 1007);
+    // Too long for a message: 1009.
+    let mut ws = app.classic("/").await;
+    let long = json!({"user": "x", "message": "y".repeat(MAX_BODY_CHARS + 1)}).to_string();
+    send_text(&mut ws, &long).await;
+    assert_eq!(close_code(&mut ws).await, 1009);
+    // What came before the bad frames is stored, once.
+    let stored = app.history("").await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].body, "ok");
 }
 
 #[tokio::test]

@@ -47,6 +47,8 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     // tests set their own values.
     config.message_rate = 1_000_000;
     config.max_anonymous_handshakes = 1_000_000;
+    config.max_connections_per_ip = 100_000;
+    config.signups_per_hour = 1_000;
     tweak(&mut config);
     let options = config::leptos_options(&config.leptos_config).expect("Leptos.toml");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -298,17 +300,39 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn start(data_dir: &std::path::Path, args: &[&str]) -> ServerProcess {
+        Self::start_with(data_dir, args, &[], &[])
+    }
+
+    /// Starts the binary with extra environment variables, under `wrapper` (a command that runs
+    /// the rest, such as `prlimit --nofile=64 --`) when it is not empty.
+    pub fn start_with(
+        data_dir: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> ServerProcess {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hubbub"))
+        let bin = env!("CARGO_BIN_EXE_hubbub");
+        let mut command = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = command
             .args(args)
             .env("HUBBUB_ADDR", "127.0.0.1:0")
             .env("HUBBUB_DATA_DIR", data_dir)
             .env("HUBBUB_ALLOW_ANONYMOUS", "true")
             .env("HUBBUB_MESSAGE_RATE", "1000000")
             .env("HUBBUB_MAX_ANONYMOUS_HANDSHAKES", "1000000")
+            .env("HUBBUB_MAX_CONNECTIONS_PER_IP", "100000")
             .env("HUBBUB_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -342,6 +366,21 @@ impl ServerProcess {
             .expect("kill")
             .success();
         assert!(ok, "kill {sig}");
+    }
+
+    /// CPU time the process has used (user + system), from /proc/PID/stat.
+    pub fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("stat");
+        // The fields after the command name (which may hold spaces) start after the last ')'.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
     }
 
     /// A value from /proc/PID/status, in KiB (VmRSS, VmHWM).

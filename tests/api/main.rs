@@ -2,8 +2,10 @@
 
 mod helpers;
 
+mod abuse;
 mod auth;
 mod bad_input;
+mod edges;
 mod fanout;
 mod faults;
 mod history;

@@ -1,9 +1,11 @@
 //! Durable history behind one trait, so the hub and the HTTP layer never see SQL and a second
 //! database can be added beside SQLite without touching them.
 
+mod feed;
 mod sqlite;
 
-pub use sqlite::SqliteStore;
+pub use feed::{CommitFeed, FeedError, FeedSender, COMMIT_FEED_BYTES, COMMIT_FEED_LEN};
+pub use sqlite::{SqliteStore, WRITER_TASK};
 
 use crate::protocol::ChatMessage;
 use async_trait::async_trait;
@@ -32,6 +34,18 @@ pub struct User {
     pub id: i64,
     pub username: String,
     pub display_name: String,
+    /// May make invite links (the first account of an installation is the admin).
+    pub is_admin: bool,
+}
+
+/// An invite link as listed to the admins (the code itself is never stored).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InviteInfo {
+    pub id: i64,
+    pub created_by: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub uses_left: i64,
 }
 
 /// An account with its password hash, for logging in.
@@ -59,6 +73,8 @@ pub enum StoreError {
     UserExists,
     #[error("room already exists")]
     RoomExists,
+    #[error("the invite is unknown, used up or expired")]
+    InviteInvalid,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     /// A group commit failed; every append in it gets this.
@@ -102,30 +118,41 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError>;
 
+    /// The room's head and its newest `limit` messages (oldest first), read in one snapshot so
+    /// the two agree; `None` if there is no such room.
+    async fn recent(
+        &self,
+        room: &str,
+        limit: usize,
+    ) -> Result<Option<(u64, Vec<ChatMessage>)>, StoreError>;
+
     /// Every message committed from now on, once, in commit order (so in seq order within a
     /// room); a resent `client_id` is not in it. The server fans out from this feed: deliveries
     /// leave in seq order, and a message is delivered even if the request that posted it is gone.
-    /// A receiver that falls more than [`COMMIT_FEED_LEN`] behind gets `Lagged`.
+    /// A receiver that falls more than [`COMMIT_FEED_LEN`] messages or [`COMMIT_FEED_BYTES`]
+    /// behind gets `Lagged`. A commit that reported an error but landed is on it all the same.
     fn commits(&self) -> CommitFeed;
 }
 
-/// The receiving end of [`Store::commits`].
-pub type CommitFeed = tokio::sync::broadcast::Receiver<Arc<ChatMessage>>;
-
-/// Committed messages a [`CommitFeed`] holds for a slow receiver.
-pub const COMMIT_FEED_LEN: usize = 16 * 1024;
-
-/// Accounts, sessions and tokens, in the same database as the messages.
+/// Accounts, sessions, tokens and invites, in the same database as the messages. Look-ups of
+/// credentials read committed data without waiting on the writer.
 #[async_trait]
 pub trait AccountStore: Send + Sync + 'static {
+    /// Creates an account; the first one of an installation is its admin. With `invite` (the
+    /// digest of an invite code), one use of that invite is spent in the same transaction, and
+    /// the account is not made if the invite is unknown, used up or expired at `now`.
     async fn create_user(
         &self,
         username: &str,
         display_name: &str,
         password_hash: &str,
+        invite: Option<(&str, i64)>,
     ) -> Result<User, StoreError>;
 
     async fn credentials(&self, username: &str) -> Result<Option<Credentials>, StoreError>;
+
+    /// Whether any account exists.
+    async fn has_users(&self) -> Result<bool, StoreError>;
 
     /// Stores a session under the digest of its id, valid until `expires_at` (ms).
     async fn create_session(
@@ -135,10 +162,15 @@ pub trait AccountStore: Send + Sync + 'static {
         expires_at: i64,
     ) -> Result<(), StoreError>;
 
-    /// The user of an unexpired session.
-    async fn session_user(&self, id_hash: &str, now: i64) -> Result<Option<User>, StoreError>;
+    /// The user of an unexpired session, and when it expires.
+    async fn session_user(
+        &self,
+        id_hash: &str,
+        now: i64,
+    ) -> Result<Option<(User, i64)>, StoreError>;
 
-    async fn delete_session(&self, id_hash: &str) -> Result<(), StoreError>;
+    /// Deletes a session; returns its user if there was one.
+    async fn delete_session(&self, id_hash: &str) -> Result<Option<i64>, StoreError>;
 
     /// Stores a token under its digest; returns its id.
     async fn create_token(
@@ -149,18 +181,40 @@ pub trait AccountStore: Send + Sync + 'static {
         expires_at: i64,
     ) -> Result<i64, StoreError>;
 
-    /// The token id and user of an unexpired, unrevoked token.
+    /// The token id, user and expiry of an unexpired, unrevoked token.
     async fn token_user(
         &self,
         token_hash: &str,
         now: i64,
-    ) -> Result<Option<(i64, User)>, StoreError>;
+    ) -> Result<Option<(i64, User, i64)>, StoreError>;
+
+    /// Whether the token with this id is unexpired and unrevoked.
+    async fn token_valid(&self, token_id: i64, now: i64) -> Result<bool, StoreError>;
 
     /// Revokes one of the user's tokens; false if it has no such live token.
     async fn revoke_token(&self, user_id: i64, token_id: i64, now: i64)
         -> Result<bool, StoreError>;
 
     async fn tokens(&self, user_id: i64) -> Result<Vec<TokenInfo>, StoreError>;
+
+    /// Deletes sessions that have expired by `now`, and tokens and invites that expired or were
+    /// revoked or used up before `keep_until` (they stay listed to their owner until then).
+    /// Returns how many rows went.
+    async fn purge_expired(&self, now: i64, keep_until: i64) -> Result<u64, StoreError>;
+
+    /// Stores an invite under the digest of its code.
+    async fn create_invite(
+        &self,
+        code_hash: &str,
+        created_by: i64,
+        expires_at: i64,
+        uses: i64,
+    ) -> Result<i64, StoreError>;
+
+    /// Whether an invite can still be used at `now`.
+    async fn invite_valid(&self, code_hash: &str, now: i64) -> Result<bool, StoreError>;
+
+    async fn invites(&self) -> Result<Vec<InviteInfo>, StoreError>;
 }
 
 /// The store as the rest of the server holds it.
@@ -222,10 +276,7 @@ mod contract {
             let m = feed.recv().await.expect("committed message");
             assert_eq!(m.seq, want);
         }
-        assert!(matches!(
-            feed.try_recv(),
-            Err(tokio::sync::broadcast::error::TryRecvError::Empty)
-        ));
+        assert!(feed.try_recv().is_none());
     }
 
     #[tokio::test]
@@ -275,33 +326,40 @@ mod contract {
     async fn accounts_sessions_and_tokens() {
         let (_dir, s) = store().await;
         let ann = s
-            .create_user("ann", "Ann", "$argon2id$x")
+            .create_user("ann", "Ann", "$argon2id$x", None)
             .await
             .expect("user");
+        assert!(ann.is_admin, "the first account is the admin");
         assert!(matches!(
-            s.create_user("ann", "Other", "h").await,
+            s.create_user("ann", "Other", "h", None).await,
             Err(StoreError::UserExists)
         ));
+        let bob = s.create_user("bob", "Bob", "h", None).await.expect("user");
+        assert!(!bob.is_admin);
         let c = s.credentials("ann").await.expect("q").expect("found");
         assert_eq!(
             (c.user.clone(), c.password_hash.as_str()),
             (ann.clone(), "$argon2id$x")
         );
-        assert!(s.credentials("bob").await.expect("q").is_none());
+        assert!(s.credentials("carol").await.expect("q").is_none());
 
         s.create_session("sess", ann.id, 2_000)
             .await
             .expect("session");
         assert_eq!(
             s.session_user("sess", 1_000).await.expect("q"),
-            Some(ann.clone())
+            Some((ann.clone(), 2_000))
         );
         assert_eq!(
             s.session_user("sess", 3_000).await.expect("q"),
             None,
             "expired"
         );
-        s.delete_session("sess").await.expect("delete");
+        assert_eq!(
+            s.delete_session("sess").await.expect("delete"),
+            Some(ann.id)
+        );
+        assert_eq!(s.delete_session("sess").await.expect("delete"), None);
         assert_eq!(s.session_user("sess", 1_000).await.expect("q"), None);
 
         let t = s
@@ -310,12 +368,18 @@ mod contract {
             .expect("token");
         assert_eq!(
             s.token_user("tok", 1_000).await.expect("q"),
-            Some((t, ann.clone()))
+            Some((t, ann.clone(), 2_000))
         );
+        assert!(s.token_valid(t, 1_000).await.expect("q"));
         assert_eq!(
             s.token_user("tok", 3_000).await.expect("q"),
             None,
             "expired"
+        );
+        assert!(!s.token_valid(t, 3_000).await.expect("q"));
+        assert!(
+            !s.revoke_token(bob.id, t, 1_500).await.expect("revoke"),
+            "not bob's"
         );
         assert!(s.revoke_token(ann.id, t, 1_500).await.expect("revoke"));
         assert!(!s.revoke_token(ann.id, t, 1_600).await.expect("revoke"));
@@ -324,9 +388,81 @@ mod contract {
             None,
             "revoked"
         );
+        assert!(!s.token_valid(t, 1_000).await.expect("q"));
         let list = s.tokens(ann.id).await.expect("list");
         assert_eq!(list.len(), 1);
         assert!(list[0].revoked);
+    }
+
+    #[tokio::test]
+    async fn invites_are_spent_with_the_account_they_make() {
+        let (_dir, s) = store().await;
+        let admin = s
+            .create_user("admin", "Admin", "h", None)
+            .await
+            .expect("user");
+        s.create_invite("code", admin.id, 5_000, 1)
+            .await
+            .expect("invite");
+        assert!(s.invite_valid("code", 1_000).await.expect("q"));
+        assert!(!s.invite_valid("code", 6_000).await.expect("q"), "expired");
+        assert!(matches!(
+            s.create_user("x", "X", "h", Some(("nope", 1_000))).await,
+            Err(StoreError::InviteInvalid)
+        ));
+        s.create_user("ann", "Ann", "h", Some(("code", 1_000)))
+            .await
+            .expect("invited");
+        assert!(!s.invite_valid("code", 1_000).await.expect("q"), "used up");
+        assert!(matches!(
+            s.create_user("bob", "Bob", "h", Some(("code", 1_000)))
+                .await,
+            Err(StoreError::InviteInvalid)
+        ));
+        assert!(s.credentials("bob").await.expect("q").is_none());
+        let list = s.invites().await.expect("list");
+        assert_eq!((list.len(), list[0].uses_left), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn purging_drops_expired_sessions_and_old_tokens() {
+        let (_dir, s) = store().await;
+        let ann = s.create_user("ann", "Ann", "h", None).await.expect("user");
+        s.create_session("old", ann.id, 1_000)
+            .await
+            .expect("session");
+        s.create_session("new", ann.id, 9_000)
+            .await
+            .expect("session");
+        s.create_token(ann.id, "old", "t1", 1_000)
+            .await
+            .expect("token");
+        s.create_token(ann.id, "new", "t2", 9_000)
+            .await
+            .expect("token");
+        // Sessions go once expired; tokens stay listed until `keep_until`.
+        assert_eq!(s.purge_expired(2_000, 500).await.expect("purge"), 1);
+        assert_eq!(s.tokens(ann.id).await.expect("list").len(), 2);
+        assert_eq!(s.purge_expired(2_000, 2_000).await.expect("purge"), 1);
+        assert_eq!(s.tokens(ann.id).await.expect("list").len(), 1);
+        assert!(s.session_user("new", 2_000).await.expect("q").is_some());
+    }
+
+    #[tokio::test]
+    async fn recent_reads_the_head_and_the_last_page_together() {
+        let (_dir, s) = store().await;
+        for i in 1..=5 {
+            s.append(msg("general", &format!("c{i}"), "x"))
+                .await
+                .expect("append");
+        }
+        let (head, page) = s.recent("general", 3).await.expect("q").expect("room");
+        assert_eq!(head, 5);
+        assert_eq!(
+            page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+        assert!(s.recent("nowhere", 3).await.expect("q").is_none());
     }
 
     #[tokio::test]
