@@ -230,6 +230,9 @@ pub struct ChatState {
     pub room: StoredValue<String>,
     /// The signed-in user's display name; `None` in anonymous mode, where the name field is used.
     pub me: StoredValue<Option<String>>,
+    /// Whose unsent messages this browser keeps here: the username, or `guest` in anonymous
+    /// mode. On a shared browser one account's outbox is never sent as another's.
+    pub owner: StoredValue<String>,
     /// Stored messages in seq order, then the user's own pending ones.
     pub messages: RwSignal<Vec<Entry>>,
     /// Highest seq in the list: the resume cursor.
@@ -260,6 +263,7 @@ impl ChatState {
         ChatState {
             room: StoredValue::new(s.room),
             me: StoredValue::new(s.me.clone()),
+            owner: StoredValue::new(s.me_username.unwrap_or_else(|| "guest".to_owned())),
             messages: RwSignal::new(s.messages.into_iter().map(Entry::from).collect()),
             last_seq: RwSignal::new(s.head),
             conn: RwSignal::new(Conn::Connecting),
@@ -446,6 +450,12 @@ fn ChatView(snapshot: Snapshot) -> impl IntoView {
         crate::client::load_older(st);
     };
 
+    // Whatever this account left unsent stays with it, not with the browser.
+    let log_out = move |_: leptos::ev::SubmitEvent| {
+        #[cfg(feature = "hydrate")]
+        crate::client::forget_outbox(st);
+    };
+
     view! {
         <main class="chat">
             <header class="bar">
@@ -465,7 +475,7 @@ fn ChatView(snapshot: Snapshot) -> impl IntoView {
                         view! {
                             <span class="me">{st.me.get_value()}</span>
                             <a class="tokens-link" href="/tokens">"Tokens"</a>
-                            <form class="logout" method="post" action="/auth/logout">
+                            <form class="logout" method="post" action="/auth/logout" on:submit=log_out>
                                 <input type="hidden" name="csrf" value=csrf.clone()/>
                                 <button type="submit">"Log out"</button>
                             </form>

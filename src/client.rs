@@ -22,6 +22,9 @@ const PING_AFTER: f64 = 15_000.0;
 const DEAD_AFTER: f64 = 25_000.0;
 /// Longest wait between reconnect attempts (ms).
 const MAX_BACKOFF: f64 = 30_000.0;
+/// Unacknowledged sends in flight at once when an outbox is resent: a long outbox goes out as
+/// acks come back, within the account's message rate, instead of in one burst.
+const SEND_WINDOW: usize = 5;
 
 /// The open socket and the callbacks it holds, kept alive together.
 struct Live {
@@ -53,6 +56,28 @@ thread_local! {
     static LAST_PING: Cell<f64> = const { Cell::new(0.0) };
     /// Messages replayed since the hello, and the first one's seq, for the divider.
     static REPLAY: Cell<Option<(u64, usize)>> = const { Cell::new(None) };
+    /// `client_id`s sent on this connection and not yet acknowledged.
+    static IN_FLIGHT: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Sends pending messages, oldest first, until [`SEND_WINDOW`] are in flight.
+fn send_more(st: ChatState) {
+    if st.conn.get_untracked() != Conn::Connected {
+        return;
+    }
+    for e in st.pending() {
+        let (sent, full) = IN_FLIGHT.with(|f| {
+            let f = f.borrow();
+            (f.contains(&e.client_id), f.len() >= SEND_WINDOW)
+        });
+        if sent {
+            continue;
+        }
+        if full || !send_entry(st, &e) {
+            return;
+        }
+        IN_FLIGHT.with(|f| f.borrow_mut().push(e.client_id.clone()));
+    }
 }
 
 fn now() -> f64 {
@@ -73,8 +98,30 @@ pub fn save_name(name: &str) {
     }
 }
 
+/// The outbox of this account in this room: keyed by user, so a shared browser never sends one
+/// account's unsent messages as another's.
 fn outbox_key(st: ChatState) -> String {
-    format!("hubbub.outbox.{}", st.room.get_value())
+    format!(
+        "hubbub.outbox.{}.{}",
+        st.owner.get_value(),
+        st.room.get_value()
+    )
+}
+
+/// Forgets this account's unsent messages (at log-out), and any outbox of an earlier version that
+/// was kept without an owner.
+pub fn forget_outbox(st: ChatState) {
+    let Some(storage) = local_storage() else {
+        return;
+    };
+    let prefix = format!("hubbub.outbox.{}.", st.owner.get_value());
+    let keys: Vec<String> = (0..storage.length().unwrap_or(0))
+        .filter_map(|i| storage.key(i).ok().flatten())
+        .filter(|k| k.starts_with(&prefix))
+        .collect();
+    for key in keys {
+        let _ = storage.remove_item(&key);
+    }
 }
 
 /// Writes every unacknowledged message of the list to localStorage.
@@ -104,6 +151,11 @@ fn save_outbox(st: ChatState) {
 
 /// Puts the outbox left by an earlier page back into the list, as pending or failed.
 fn restore_outbox(st: ChatState) {
+    // An outbox of an earlier version was kept by room only: whose it was cannot be known, so it
+    // is not sent as this account's.
+    if let Some(storage) = local_storage() {
+        let _ = storage.remove_item(&format!("hubbub.outbox.{}", st.room.get_value()));
+    }
     let Some(json) = local_storage().and_then(|s| s.get_item(&outbox_key(st)).ok().flatten())
     else {
         return;
@@ -356,10 +408,10 @@ fn on_frame(st: ChatState, frame: ServerFrame) {
             if let Some((first, n)) = REPLAY.take() {
                 st.divider.set(Some((first, n)));
             }
-            // Anything typed while offline or not yet acknowledged goes (again) with its client_id.
-            for e in st.pending() {
-                send_entry(st, &e);
-            }
+            // Anything typed while offline or not yet acknowledged goes (again) with its
+            // client_id, a window at a time: each ack sends the next.
+            IN_FLIGHT.with(|f| f.borrow_mut().clear());
+            send_more(st);
         }
         ServerFrame::Message(m) => {
             let seq = m.seq;
@@ -381,6 +433,8 @@ fn on_frame(st: ChatState, frame: ServerFrame) {
         ServerFrame::Ack { client_id, .. } => {
             st.acked(&client_id);
             save_outbox(st);
+            IN_FLIGHT.with(|f| f.borrow_mut().retain(|c| *c != client_id));
+            send_more(st);
         }
         ServerFrame::HistoryGap { .. } => {
             // The server cannot replay from our cursor: start over from the page's history.
@@ -391,6 +445,9 @@ fn on_frame(st: ChatState, frame: ServerFrame) {
         ServerFrame::Error {
             message, reference, ..
         } => {
+            if let Some(r) = &reference {
+                IN_FLIGHT.with(|f| f.borrow_mut().retain(|c| c != r));
+            }
             let failed = reference.is_some_and(|r| {
                 let mut hit = false;
                 st.messages.update(|l| {
@@ -404,6 +461,7 @@ fn on_frame(st: ChatState, frame: ServerFrame) {
             });
             if failed {
                 save_outbox(st);
+                send_more(st);
             } else {
                 st.last_error.set(Some(message));
             }
@@ -444,11 +502,9 @@ pub fn send(st: ChatState, body: String) {
         status: Status::Pending,
         error: None,
     };
-    st.messages.update(|l| l.push(entry.clone()));
+    st.messages.update(|l| l.push(entry));
     save_outbox(st);
-    if st.conn.get_untracked() == Conn::Connected {
-        send_entry(st, &entry);
-    }
+    send_more(st);
 }
 
 /// Sends a failed message again, with the same `client_id`.
@@ -462,10 +518,9 @@ pub fn retry(st: ChatState, client_id: &str) {
         }
     });
     save_outbox(st);
-    if let Some(e) = again {
-        if st.conn.get_untracked() == Conn::Connected {
-            send_entry(st, &e);
-        }
+    if again.is_some() {
+        IN_FLIGHT.with(|f| f.borrow_mut().retain(|c| c != client_id));
+        send_more(st);
     }
 }
 

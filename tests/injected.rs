@@ -140,3 +140,45 @@ async fn a_commit_reported_failed_that_landed_is_acked_and_delivered_once() {
         "{h}"
     );
 }
+
+#[tokio::test]
+async fn a_panic_after_the_commit_still_delivers_the_message_once() {
+    let (_dir, server) = start("panic-after-commit=COMMITTED");
+    let mut reader = server.rich(0).await;
+    assert_eq!(post(&server, "first").await.status(), 201);
+    assert_eq!(next_message(&mut reader).await.seq, 1);
+    let mut sender = server.rich(1).await;
+    send(&mut sender, &send_frame("general", "c-9", "COMMITTED")).await;
+    // The writer died between the commit and the feed: the sender is not told it is stored...
+    loop {
+        match next(&mut sender).await {
+            ServerFrame::Error { reference, .. } => {
+                assert_eq!(reference.as_deref(), Some("c-9"));
+                break;
+            }
+            ServerFrame::Message(m) => assert_eq!(m.seq, 2),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+    // ...but the restarted writer reads back what landed and delivers it, once.
+    let m = next_message(&mut reader).await;
+    assert_eq!((m.seq, m.body.as_str()), (2, "COMMITTED"));
+    // The sender's retry is acked as the original.
+    send(&mut sender, &send_frame("general", "c-9", "again")).await;
+    loop {
+        match next(&mut sender).await {
+            ServerFrame::Ack { client_id, seq, .. } => {
+                assert_eq!((client_id.as_str(), seq), ("c-9", 2));
+                break;
+            }
+            ServerFrame::Message(m) => assert_eq!(m.seq, 2),
+            other => panic!("expected the ack, got {other:?}"),
+        }
+    }
+    assert_eq!(post(&server, "third").await.status(), 201);
+    assert_eq!(next_message(&mut reader).await.seq, 3);
+    quiet(&mut reader).await;
+    let (status, h) = health(&server).await;
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(h["tasks"]["writer"]["restarts"], 1, "{h}");
+}

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 
-import { message, say, signUp } from "./helpers";
+import { message, PASSWORD, say, signUp } from "./helpers";
 
 async function twoPages(browser: Browser) {
   const ctxA = await browser.newContext();
@@ -39,7 +39,8 @@ test("a page that was offline gets what it missed, once, with a divider", async 
 
 test("messages typed offline survive a reload and are delivered once", async ({ browser }) => {
   const { ctxA, a, b } = await twoPages(browser);
-  await signUp(a, "Offline Olga");
+  const olga = await signUp(a, "Offline Olga");
+  const outboxKey = `hubbub.outbox.${olga}.general`;
   await signUp(b);
   await ctxA.setOffline(true);
   await expect(a.locator(".conn")).toHaveAttribute("data-state", "offline");
@@ -50,7 +51,7 @@ test("messages typed offline survive a reload and are delivered once", async ({ 
     await say(a, text);
     await expect(message(a, text)).toHaveAttribute("data-status", "pending");
   }
-  expect(await a.evaluate(() => localStorage.getItem("hubbub.outbox.general"))).toContain(typed[1]);
+  expect(await a.evaluate((k) => localStorage.getItem(k), outboxKey)).toContain(typed[1]);
   // Reload while still offline: the browser cannot even load the page. Then leave it entirely,
   // so nothing of the old page is left to send when the network returns.
   await a.reload().catch(() => {});
@@ -76,7 +77,7 @@ test("messages typed offline survive a reload and are delivered once", async ({ 
   expect(bodies.filter((t) => t === typed[0])).toHaveLength(1);
   expect(bodies.filter((t) => t === typed[1])).toHaveLength(1);
   expect(bodies.indexOf(typed[0])).toBeLessThan(bodies.indexOf(typed[1]));
-  expect(await a2.evaluate(() => localStorage.getItem("hubbub.outbox.general"))).toBeNull();
+  expect(await a2.evaluate((k) => localStorage.getItem(k), outboxKey)).toBeNull();
 });
 
 test("a message the server refuses can be discarded", async ({ page }) => {
@@ -167,4 +168,63 @@ test("after the server is killed and restarted, pages reconnect by themselves", 
   } finally {
     await server.dispose();
   }
+});
+
+async function logIn(page: import("@playwright/test").Page, username: string) {
+  await page.goto("/login");
+  await page.locator('input[name="username"]').fill(username);
+  await page.locator('input[name="password"]').fill(PASSWORD);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await expect(page.locator(".conn")).toHaveText("connected");
+}
+
+function outboxKeys(page: import("@playwright/test").Page) {
+  return page.evaluate(() =>
+    Object.keys(localStorage).filter((k) => k.startsWith("hubbub.outbox")),
+  );
+}
+
+test("on a shared browser an account's unsent messages are never sent as another's", async ({
+  browser,
+}) => {
+  const watcherCtx = await browser.newContext();
+  const watcher = await watcherCtx.newPage();
+  await signUp(watcher, "Watcher");
+  const bobCtx = await browser.newContext();
+  const bob = await signUp(await bobCtx.newPage(), "Bob");
+  await bobCtx.close();
+
+  // Ann, on the shared browser, types while disconnected and walks away.
+  const shared = await browser.newContext();
+  const page = await shared.newPage();
+  const ann = await signUp(page, "Ann");
+  await page.getByRole("button", { name: "Disconnect" }).click();
+  await expect(page.locator(".conn")).toHaveAttribute("data-state", "disconnected");
+  const tag = Date.now();
+  const annDraft = `ann's unsent words ${tag}`;
+  await say(page, annDraft);
+  await expect(message(page, annDraft)).toHaveAttribute("data-status", "pending");
+  expect(await outboxKeys(page)).toEqual([`hubbub.outbox.${ann}.general`]);
+
+  // Bob logs in on the same browser: Ann's outbox is not his, so it stays unsent.
+  await logIn(page, bob);
+  await expect(page.locator(".me")).toHaveText("Bob");
+  await page.waitForTimeout(1000);
+  await expect(message(page, annDraft)).toHaveCount(0);
+  await expect(message(watcher, annDraft)).toHaveCount(0);
+
+  // Bob's own unsent message is forgotten when he logs out.
+  await page.getByRole("button", { name: "Disconnect" }).click();
+  const bobDraft = `bob's unsent words ${tag}`;
+  await say(page, bobDraft);
+  await expect(message(page, bobDraft)).toHaveAttribute("data-status", "pending");
+  expect(await outboxKeys(page)).toContain(`hubbub.outbox.${bob}.general`);
+  await page.getByRole("button", { name: "Log out" }).click();
+  await expect(page).toHaveURL(/\/login/);
+  expect(await outboxKeys(page)).not.toContain(`hubbub.outbox.${bob}.general`);
+  await logIn(page, bob);
+  await page.waitForTimeout(1000);
+  await expect(message(page, bobDraft)).toHaveCount(0);
+  await expect(message(watcher, bobDraft)).toHaveCount(0);
+  await expect(message(watcher, annDraft)).toHaveCount(0);
 });

@@ -347,7 +347,23 @@ struct Limiter {
     handshakes: CappedMap<IpKey, Window>,
     /// Requests with a wrong session cookie or token per address, in one-minute windows.
     bad_credentials: CappedMap<IpKey, Window>,
+    /// Digests of credentials found valid lately: they skip the bad-credential budget (never the
+    /// look-up), so a flood of made-up tokens from an address does not lock out the real users
+    /// behind it.
+    known_good: CappedMap<String, KnownGood>,
 }
+
+/// When a credential digest was last found valid.
+struct KnownGood(Instant);
+
+impl Expiring for KnownGood {
+    fn expired(&self, now: Instant) -> bool {
+        now.duration_since(self.0) >= KNOWN_GOOD_FOR
+    }
+}
+
+/// How long a credential found valid skips the bad-credential budget.
+const KNOWN_GOOD_FOR: Duration = Duration::from_secs(3600);
 
 impl Default for Limiter {
     fn default() -> Self {
@@ -357,6 +373,7 @@ impl Default for Limiter {
             signups: CappedMap::new(MAX_KEYS),
             handshakes: CappedMap::new(MAX_KEYS),
             bad_credentials: CappedMap::new(MAX_KEYS),
+            known_good: CappedMap::new(MAX_KEYS),
         }
     }
 }
@@ -521,28 +538,38 @@ impl Auth {
     /// Whether connections from `ip` are a trusted proxy's (so per-address caps do not apply to
     /// the connection itself).
     pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
-        self.trusted_proxies.contains(&ip)
+        let ip = ip.to_canonical();
+        self.trusted_proxies.iter().any(|p| p.to_canonical() == ip)
     }
 
     /// The client's address: the peer's, or, when the peer is a trusted proxy, the nearest
     /// address in `X-Forwarded-For` that is not itself a trusted proxy (walking from the right,
     /// since each proxy appends the address it saw).
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        if !self.trusted_proxies.contains(&peer) {
+        let peer = peer.to_canonical();
+        if !self.is_trusted_proxy(peer) {
             return peer;
         }
-        let chain: Vec<IpAddr> = headers
+        let entries: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .map(|ip| ip.trim().parse::<IpAddr>())
-            .collect::<Result<_, _>>()
-            .unwrap_or_default();
+            .collect();
         let mut client = peer;
-        for ip in chain.into_iter().rev() {
-            client = ip;
-            if !self.trusted_proxies.contains(&ip) {
+        // From the right: each entry was written by the hop after it. Stop at the first entry
+        // that is not an address (or `address:port`): nothing left of it can be believed.
+        for entry in entries.into_iter().rev() {
+            let entry = entry.trim();
+            let Some(ip) = entry
+                .parse::<IpAddr>()
+                .ok()
+                .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+            else {
+                break;
+            };
+            client = ip.to_canonical();
+            if !self.is_trusted_proxy(client) {
                 break;
             }
         }
@@ -567,16 +594,31 @@ impl Auth {
     }
 
     /// Whether `ip` has sent too many wrong credentials lately; checked before any look-up, so
-    /// a flood of made-up tokens never reaches the database.
-    fn bad_credentials_check(&self, ip: IpAddr) -> Result<(), Denied> {
+    /// a flood of made-up tokens never reaches the database. A credential found valid lately
+    /// (`digest`) is not held to it.
+    fn bad_credentials_check(&self, ip: IpAddr, digest: &str) -> Result<(), Denied> {
         let now = Instant::now();
         let mut l = self.limiter();
+        if l.known_good
+            .get_mut(&digest.to_owned())
+            .is_some_and(|k| !k.expired(now))
+        {
+            return Ok(());
+        }
         match l.bad_credentials.get_mut(&IpKey::of(ip)) {
             Some(w) => w
                 .check(now, BAD_CREDENTIALS_PER_MINUTE)
                 .map_err(Denied::TooMany),
             None => Ok(()),
         }
+    }
+
+    fn known_good(&self, digest: &str) {
+        let now = Instant::now();
+        self.limiter()
+            .known_good
+            .entry(digest.to_owned(), now, || KnownGood(now))
+            .0 = now;
     }
 
     fn bad_credentials_count(&self, ip: IpAddr) {
@@ -601,15 +643,16 @@ impl Auth {
     ) -> Result<Identity, Denied> {
         let now = now_ms();
         if let Some(value) = headers.get(header::AUTHORIZATION) {
-            self.bad_credentials_check(ip)?;
             let token = value
                 .to_str()
                 .ok()
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::trim)
                 .filter(|t| !t.is_empty() && t.len() <= 128);
+            let hash = digest(token.unwrap_or_default());
+            self.bad_credentials_check(ip, &hash)?;
             let found = match token {
-                Some(token) => match self.accounts.token_user(&digest(token), now).await {
+                Some(_) => match self.accounts.token_user(&hash, now).await {
                     Ok(found) => found,
                     Err(e) => {
                         tracing::error!(error = %e, "token lookup failed");
@@ -619,11 +662,14 @@ impl Auth {
                 None => None,
             };
             return match found {
-                Some((id, user, expires_at)) => Ok(Identity {
-                    user: Some(user),
-                    credential: Credential::Token(id),
-                    expires_at: Some(expires_at),
-                }),
+                Some((id, user, expires_at)) => {
+                    self.known_good(&hash);
+                    Ok(Identity {
+                        user: Some(user),
+                        credential: Credential::Token(id),
+                        expires_at: Some(expires_at),
+                    })
+                }
                 None => {
                     self.bad_credentials_count(ip);
                     Err(Denied::Unauthorized)
@@ -634,15 +680,16 @@ impl Auth {
             if check_origin && !self.origin_allowed(headers) {
                 return Err(Denied::ForeignOrigin);
             }
-            self.bad_credentials_check(ip)?;
             let hash = digest(sid);
+            self.bad_credentials_check(ip, &hash)?;
             match self.accounts.session_user(&hash, now).await {
                 Ok(Some((user, expires_at))) => {
+                    self.known_good(&hash);
                     return Ok(Identity {
                         user: Some(user),
                         credential: Credential::Session(hash),
                         expires_at: Some(expires_at),
-                    })
+                    });
                 }
                 Ok(None) => self.bad_credentials_count(ip),
                 Err(e) => tracing::error!(error = %e, "session lookup failed"),
@@ -706,6 +753,16 @@ impl Auth {
         lock.last = now;
         lock.blocked_until = now + login_delay(lock.failures);
         Ok(())
+    }
+
+    /// The attempt could not be checked (the server was busy or failed): it does not count.
+    pub fn login_unreserve(&self, username: &str, ip: IpAddr) {
+        let now = Instant::now();
+        let mut l = self.limiter();
+        if let Some(lock) = l.lockouts.get_mut(&(username.to_owned(), IpKey::of(ip))) {
+            lock.failures = lock.failures.saturating_sub(1);
+            lock.blocked_until = now;
+        }
     }
 
     /// The password was right: forget the failures of this account from this address.

@@ -186,7 +186,8 @@ impl Bucket {
     pub fn take(&mut self, now: Instant, cost: f64) -> Result<(), Duration> {
         self.refill(now);
         if self.tokens >= 1.0 {
-            self.tokens -= cost;
+            // The debt is bounded: no single request can silence a key for longer than a burst.
+            self.tokens = (self.tokens - cost).max(-self.burst);
             Ok(())
         } else {
             Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
@@ -284,9 +285,14 @@ mod tests {
         assert!(b.take(now + Duration::from_millis(100), 1.0).is_ok());
         // A costly take goes into debt, paid by the wait of the next one.
         let later = now + Duration::from_secs(10);
-        assert!(b.take(later, 50.0).is_ok());
+        assert!(b.take(later, 30.0).is_ok());
         let wait = b.take(later, 1.0).expect_err("in debt");
-        assert!((wait.as_secs_f64() - 3.1).abs() < 1e-6, "{wait:?}");
+        assert!((wait.as_secs_f64() - 1.1).abs() < 1e-6, "{wait:?}");
+        // The debt never goes below a burst.
+        let much_later = later + Duration::from_secs(10);
+        assert!(b.take(much_later, 1000.0).is_ok());
+        let wait = b.take(much_later, 1.0).expect_err("in debt");
+        assert!((wait.as_secs_f64() - 2.1).abs() < 1e-6, "{wait:?}");
     }
 
     #[tokio::test(start_paused = true)]

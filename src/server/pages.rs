@@ -309,13 +309,20 @@ pub async fn login(
     }
     let creds = match state.auth.accounts.credentials(&username).await {
         Ok(c) => c,
-        Err(e) => return internal(e),
+        Err(e) => {
+            state.auth.login_unreserve(&username, ip);
+            return internal(e);
+        }
     };
     let hash = creds.as_ref().map(|c| c.password_hash.clone());
     match state.auth.hasher.verify(hash, f.password).await {
         Ok(true) => {}
         Ok(false) => return see_other("/login?error=invalid"),
-        Err(_) => return busy(),
+        Err(_) => {
+            // Not checked, so not counted: a full queue must not lock the owner out.
+            state.auth.login_unreserve(&username, ip);
+            return busy();
+        }
     }
     match creds {
         Some(c) => {

@@ -164,13 +164,36 @@ impl Drop for ConnSlot {
     }
 }
 
-/// Tells a refused client why, without waiting on it, then closes.
+/// Refused connections being told why at one time; past it they are closed at once.
+const MAX_REFUSING: usize = 256;
+
+/// Tells a refused client why, without waiting on it, then closes. At most [`MAX_REFUSING`] at
+/// a time, so refusing cannot itself hold descriptors without bound.
 fn refuse(stream: TcpStream, tls: bool) {
-    tokio::spawn(async move {
-        let mut stream = Lingering::new(stream, None);
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static REFUSING: AtomicUsize = AtomicUsize::new(0);
+    if tls || REFUSING.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
         if !tls {
-            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(REFUSAL)).await;
+            REFUSING.fetch_sub(1, Ordering::AcqRel);
         }
+        drop(stream);
+        return;
+    }
+    tokio::spawn(async move {
+        let mut stream = stream;
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(REFUSAL)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            if stream.shutdown().await.is_ok() {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+        REFUSING.fetch_sub(1, Ordering::AcqRel);
     });
 }
 
@@ -317,11 +340,12 @@ impl Drop for Lingering {
         else {
             return;
         };
-        runtime.spawn(linger(stream));
+        // The connection keeps its place in the counts until its descriptor is closed.
+        runtime.spawn(linger(stream, self._slot.take()));
     }
 }
 
-async fn linger(mut stream: TcpStream) {
+async fn linger(mut stream: TcpStream, _slot: Option<ConnSlot>) {
     if stream.shutdown().await.is_err() {
         return;
     }

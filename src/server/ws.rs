@@ -7,7 +7,7 @@ use crate::protocol::{
     MAX_FRAME_BYTES, MAX_RESUME_ROOMS, SUBPROTOCOL,
 };
 use crate::server::api::rate_key;
-use crate::server::auth::{Auth, Identity};
+use crate::server::auth::{Auth, Denied, Identity};
 use crate::server::chat::{encode, server_client_id, Chat};
 use crate::server::error::AppError;
 use crate::server::hub::{Delivery, Event, Subscriber};
@@ -112,6 +112,10 @@ pub async fn upgrade(
             None
         }
     };
+    // A log-out between the look-up and the registration signalled nobody: look once more.
+    if slot.is_some() && !state.auth.still_valid(&identity).await {
+        return Denied::Unauthorized.into_response();
+    }
     let ws = configure(ws).protocols([SUBPROTOCOL]);
     let mode = if ws.selected_protocol().is_some() {
         Mode::Rich
@@ -191,6 +195,8 @@ struct Connection {
     paused_until: Option<Instant>,
     /// Since when the client has been over its rate without a break.
     over_since: Option<Instant>,
+    /// When a frame was last admitted.
+    last_pass: Option<Instant>,
 }
 
 /// A client frame, parsed.
@@ -200,11 +206,14 @@ enum Input {
 }
 
 impl Input {
-    /// What the frame costs of the message budget: one, and one per room a `hello` resumes.
+    /// What the frame costs of the message budget: one, and one per room a `hello` resumes (a
+    /// `hello` with too many rooms is refused outright, so it costs one).
     fn cost(&self) -> u32 {
         match self {
-            Input::Rich(Ok(ClientFrame::Hello { resume, .. })) => {
-                u32::try_from(resume.len()).unwrap_or(u32::MAX).max(1)
+            Input::Rich(Ok(ClientFrame::Hello { resume, .. }))
+                if resume.len() <= MAX_RESUME_ROOMS =>
+            {
+                u32::try_from(resume.len()).unwrap_or(1).max(1)
             }
             _ => 1,
         }
@@ -259,6 +268,7 @@ impl Connection {
             held: None,
             paused_until: None,
             over_since: None,
+            last_pass: None,
             cursors: HashMap::new(),
             user: None,
             said_hello: false,
@@ -584,13 +594,22 @@ impl Connection {
                     // Within its rate again.
                     self.over_since = None;
                 }
+                self.last_pass = Some(now);
                 match input {
                     Input::Rich(frame) => self.on_rich(socket, frame).await,
                     Input::Classic(msg) => self.on_classic(msg).await,
                 }
             }
             Err(wait) => {
-                let since = *self.over_since.get_or_insert(now);
+                // Over the rate "without a break" means each frame came right after the last one
+                // was let through; a client that paused since starts a new count.
+                let paused = self
+                    .last_pass
+                    .is_none_or(|t| now.duration_since(t) > Duration::from_secs(1));
+                if paused || self.over_since.is_none() {
+                    self.over_since = Some(now);
+                }
+                let since = self.over_since.unwrap_or(now);
                 if now.duration_since(since) >= RATE_PATIENCE {
                     return Err(End::Close(
                         close::POLICY,

