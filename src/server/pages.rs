@@ -523,9 +523,14 @@ async fn tokens_view(
              <form method=\"post\" action=\"/auth/tokens\">{}\
              <label>Name <input name=\"name\" required maxlength=\"64\"/></label>\
              <label>Valid for (days) <input name=\"days\" type=\"number\" min=\"1\" max=\"365\" value=\"90\"/></label>\
-             <button type=\"submit\">Create token</button></form><p><a href=\"/\">Back to the chat</a></p>",
+             <button type=\"submit\">Create token</button></form>{}<p><a href=\"/\">Back to the chat</a></p>",
             esc(&user.display_name),
-            csrf_field(csrf)
+            csrf_field(csrf),
+            if user.is_admin {
+                "<p>You are an admin: <a href=\"/invites\">make invite links</a>.</p>"
+            } else {
+                ""
+            }
         )
     })
 }
@@ -639,11 +644,13 @@ async fn invites_view(state: &AppState, headers: &HeaderMap, created: Option<Str
                 let left = if i.expires_at <= now {
                     "expired".to_owned()
                 } else {
-                    format!(
-                        "{} uses left, {} days to go",
-                        i.uses_left,
-                        (i.expires_at - now) / 86_400_000
-                    )
+                    let days = (i.expires_at - now + 86_399_999) / 86_400_000;
+                    let uses = if i.uses_left == 1 { "1 use" } else { "uses" };
+                    if i.uses_left == 1 {
+                        format!("{uses} left, {days} days to go")
+                    } else {
+                        format!("{} {uses} left, {days} days to go", i.uses_left)
+                    }
                 };
                 format!(
                     "<li class=\"token\"><b>#{}</b> by {} <span>{left}</span></li>",
