@@ -325,6 +325,9 @@ pub struct Auth {
     pub secure: bool,
     limiter: Arc<Mutex<Limiter>>,
     sockets: Arc<Mutex<Sockets>>,
+    /// Counts the credentials that ended, so an upgrade can tell whether one ended while it
+    /// was registering its socket.
+    ended: Arc<AtomicU64>,
     /// Proxies whose `X-Forwarded-For` names the real client.
     trusted_proxies: Arc<Vec<IpAddr>>,
     pub socket_limits: SocketLimits,
@@ -458,6 +461,7 @@ impl Auth {
             secure,
             limiter: Arc::default(),
             sockets: Arc::default(),
+            ended: Arc::default(),
             trusted_proxies: Arc::default(),
             socket_limits: SocketLimits {
                 per_user: 20,
@@ -506,6 +510,7 @@ impl Auth {
     /// Closes (4001) the open sockets of `user` that were opened with `credential`; nobody
     /// else's socket is woken.
     pub fn revoke(&self, user: i64, credential: &Credential) -> usize {
+        self.ended.fetch_add(1, Ordering::AcqRel);
         let s = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
         let mut n = 0;
         for e in s.by_user.get(&user).into_iter().flatten() {
@@ -515,6 +520,16 @@ impl Auth {
             }
         }
         n
+    }
+
+    /// A mark to give [`Auth::revocations_since`].
+    pub fn revocation_epoch(&self) -> u64 {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// Whether any credential ended since `epoch` was read.
+    pub fn revocations_since(&self, epoch: u64) -> bool {
+        self.ended.load(Ordering::Acquire) != epoch
     }
 
     /// Counts an unauthenticated handshake from `ip`; `Err` carries the `Retry-After` once the

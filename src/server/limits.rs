@@ -82,7 +82,11 @@ impl<K: Hash + Eq, V: Expiring> CappedMap<K, V> {
         self.map.entry(key).or_insert_with(make)
     }
 
-    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.map.get_mut(key)
     }
 

@@ -131,11 +131,7 @@ pub async fn signup_page(
     headers: HeaderMap,
     Query(q): Query<Notice>,
 ) -> Response {
-    let invite = q.invite.as_deref().filter(|c| {
-        c.len() <= 64
-            && c.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    });
+    let invite = q.invite.as_deref().filter(|c| invite_code_shaped(c));
     let open = match registration_gate(&state).await {
         Gate::Open => true,
         Gate::Invite => false,
@@ -168,6 +164,15 @@ pub async fn signup_page(
             csrf_field(csrf)
         )
     })
+}
+
+/// Whether `code` could be an invite code: 1 to 64 URL-safe characters (so it can go into a
+/// link and a page as it is).
+fn invite_code_shaped(code: &str) -> bool {
+    (1..=64).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// What the registration setting means right now.
@@ -342,26 +347,20 @@ pub async fn signup(
     if !form_ok(&state, &headers, f.csrf.as_deref()) {
         return forbidden_form();
     }
+    // The code as the form carried it, if it could be one (what `random_secret` makes).
+    let code = f.invite.as_deref().filter(|c| invite_code_shaped(c));
     let invite = match registration_gate(&state).await {
         Gate::Open => None,
         Gate::Closed => return closed_page(&state, &headers),
-        Gate::Invite => match f
-            .invite
-            .as_deref()
-            .filter(|c| !c.is_empty() && c.len() <= 64)
-        {
+        Gate::Invite => match code {
             Some(code) => Some(digest(code)),
             None => return see_other("/signup?error=invite"),
         },
     };
-    let again = |error: &str| match &f.invite {
-        Some(code) if invite.is_some() => see_other(&format!(
-            "/signup?error={error}&invite={}",
-            code.replace(
-                |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_',
-                ""
-            )
-        )),
+    let again = |error: &str| match code {
+        Some(code) if invite.is_some() => {
+            see_other(&format!("/signup?error={error}&invite={code}"))
+        }
         _ => see_other(&format!("/signup?error={error}")),
     };
     let username = f.username.trim().to_lowercase();

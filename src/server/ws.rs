@@ -7,7 +7,7 @@ use crate::protocol::{
     MAX_FRAME_BYTES, MAX_RESUME_ROOMS, SUBPROTOCOL,
 };
 use crate::server::api::rate_key;
-use crate::server::auth::{Auth, Denied, Identity};
+use crate::server::auth::{self, Auth, Denied, Identity};
 use crate::server::chat::{encode, server_client_id, Chat};
 use crate::server::error::AppError;
 use crate::server::hub::{Delivery, Event, Subscriber};
@@ -81,14 +81,8 @@ pub async fn upgrade(
     }
     // Authenticate before the 101: no socket, and no task, for a request that fails.
     let ip = state.auth.client_ip(peer.ip(), &headers);
-    let too_many = |wait: Duration| {
-        (
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, wait.as_secs().max(1).to_string())],
-            "too many connections",
-        )
-            .into_response()
-    };
+    let too_many = |wait: Duration| auth::too_many(wait, "too many connections");
+    let epoch = state.auth.revocation_epoch();
     let identity = match state.auth.identify(&headers, ip, true).await {
         Ok(identity) => identity,
         Err(denied) => {
@@ -112,8 +106,12 @@ pub async fn upgrade(
             None
         }
     };
-    // A log-out between the look-up and the registration signalled nobody: look once more.
-    if slot.is_some() && !state.auth.still_valid(&identity).await {
+    // A log-out between the look-up and the registration signalled nobody: if any credential
+    // ended meanwhile (rare), look this one up once more.
+    if slot.is_some()
+        && state.auth.revocations_since(epoch)
+        && !state.auth.still_valid(&identity).await
+    {
         return Denied::Unauthorized.into_response();
     }
     let ws = configure(ws).protocols([SUBPROTOCOL]);

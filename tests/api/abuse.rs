@@ -59,6 +59,44 @@ async fn form(
         .expect("post")
 }
 
+/// Signs `username` up through the form and returns the session cookie's value.
+async fn signup_session(http: &reqwest::Client, base: &str, csrf: &str, username: &str) -> String {
+    let r = form(
+        http,
+        base,
+        "/auth/signup",
+        csrf,
+        None,
+        &[
+            ("username", username),
+            ("password", "correct horse battery"),
+        ],
+    )
+    .await;
+    set_cookie(&r, "hubbub_session").expect("session")
+}
+
+/// A WebSocket upgrade with a session cookie from `origin` (`hubbub.v1` when `rich`).
+async fn session_socket(addr: &str, origin: &str, session: &str, rich: bool) -> Ws {
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://{addr}/ws"),
+    )
+    .expect("request");
+    let h = req.headers_mut();
+    h.insert(
+        "Cookie",
+        format!("hubbub_session={session}").parse().expect("h"),
+    );
+    h.insert("Origin", origin.parse().expect("h"));
+    if rich {
+        h.insert("Sec-WebSocket-Protocol", "hubbub.v1".parse().expect("h"));
+    }
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("socket")
+        .0
+}
+
 /// Polls `/healthz` every 50 ms until `stop`, from a thread and runtime of its own (so the
 /// attack's tasks do not delay the measurement), returning the slowest answer.
 fn slowest_health(
@@ -248,16 +286,7 @@ async fn logouts_of_unknown_sessions_cost_the_same_with_5000_sockets_open() {
     let base = server.url("");
     let http = client();
     let token = csrf(&http, &base).await;
-    let r = form(
-        &http,
-        &base,
-        "/auth/signup",
-        &token,
-        None,
-        &[("username", "ann"), ("password", "correct horse battery")],
-    )
-    .await;
-    let session = set_cookie(&r, "hubbub_session").expect("session");
+    let session = signup_session(&http, &base, &token, "ann").await;
 
     let cpu = server.cpu();
     fake_logouts(&base, &token, 2000).await;
@@ -265,19 +294,7 @@ async fn logouts_of_unknown_sessions_cost_the_same_with_5000_sockets_open() {
 
     let mut sockets = Vec::new();
     for _ in 0..5000 {
-        let mut req =
-            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-                format!("ws://{}/ws", server.addr),
-            )
-            .expect("request");
-        let h = req.headers_mut();
-        h.insert(
-            "Cookie",
-            format!("hubbub_session={session}").parse().expect("h"),
-        );
-        h.insert("Origin", base.parse().expect("h"));
-        let (ws, _) = tokio_tungstenite::connect_async(req).await.expect("socket");
-        sockets.push(ws);
+        sockets.push(session_socket(&server.addr, &base, &session, false).await);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu = server.cpu();
@@ -293,16 +310,7 @@ async fn logouts_of_unknown_sessions_cost_the_same_with_5000_sockets_open() {
         "with sockets {with:?}, without {without:?}"
     );
     // A real log-out of somebody else wakes none of them either.
-    let r = form(
-        &http,
-        &base,
-        "/auth/signup",
-        &token,
-        None,
-        &[("username", "bob"), ("password", "correct horse battery")],
-    )
-    .await;
-    let bob = set_cookie(&r, "hubbub_session").expect("bob");
+    let bob = signup_session(&http, &base, &token, "bob").await;
     let cpu = server.cpu();
     let r = form(
         &http,
@@ -605,32 +613,8 @@ async fn a_flood_of_bad_tokens_is_refused_before_the_database() {
     let base = server.url("");
     let http = client();
     let token = csrf(&http, &base).await;
-    let r = form(
-        &http,
-        &base,
-        "/auth/signup",
-        &token,
-        None,
-        &[("username", "ann"), ("password", "correct horse battery")],
-    )
-    .await;
-    let session = set_cookie(&r, "hubbub_session").expect("session");
-    let upgrade = || {
-        let mut req =
-            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-                format!("ws://{}/ws", server.addr),
-            )
-            .expect("request");
-        let h = req.headers_mut();
-        h.insert(
-            "Cookie",
-            format!("hubbub_session={session}").parse().expect("h"),
-        );
-        h.insert("Origin", base.parse().expect("h"));
-        h.insert("Sec-WebSocket-Protocol", "hubbub.v1".parse().expect("h"));
-        tokio_tungstenite::connect_async(req)
-    };
-    let (mut ws, _) = upgrade().await.expect("ann");
+    let session = signup_session(&http, &base, &token, "ann").await;
+    let mut ws = session_socket(&server.addr, &base, &session, true).await;
     hello(&mut ws, 0).await;
     let baseline = ack_latencies(&mut ws, "a", 200).await;
     let flood = bad_token_flood(server.addr.clone());
@@ -657,7 +641,7 @@ async fn a_flood_of_bad_tokens_is_refused_before_the_database() {
     );
     // A credential found valid before is not held to the address's budget: the account can
     // still connect from there.
-    assert!(upgrade().await.is_ok());
+    session_socket(&server.addr, &base, &session, true).await;
 }
 
 #[tokio::test]
@@ -968,4 +952,118 @@ async fn registration_can_be_closed_or_by_invite_from_an_admin() {
     )
     .await;
     assert_eq!(r.status(), 403);
+}
+
+#[tokio::test]
+async fn the_invite_endpoints_hold_against_strangers_huge_fields_and_slow_bodies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start_with(
+        dir.path(),
+        &[],
+        &secure(&[("HUBBUB_REGISTRATION", "invite")]),
+        &[],
+    );
+    let base = server.url("");
+    let http = client();
+    let token = csrf(&http, &base).await;
+    signup_session(&http, &base, &token, "admin").await;
+    let rss_before = server.status_kib("VmRSS");
+    // 500 tries to make an invite without a session, from one address.
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..500 {
+        let r = form(
+            &http,
+            &base,
+            "/auth/invites",
+            &token,
+            None,
+            &[("uses", "1000")],
+        )
+        .await;
+        *statuses.entry(r.status().as_u16()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        statuses.get(&303),
+        Some(&500),
+        "sent to log in: {statuses:?}"
+    );
+    // Huge fields: a 1 MB form is refused unread; a 60 KB invite code in a link is not echoed.
+    let huge = "x".repeat(1024 * 1024);
+    for path in ["/auth/invites", "/auth/signup"] {
+        let r = form(
+            &http,
+            &base,
+            path,
+            &token,
+            None,
+            &[("invite", &huge), ("uses", &huge)],
+        )
+        .await;
+        assert_eq!(r.status(), 413, "{path}");
+    }
+    let long = "y".repeat(60 * 1024);
+    let page = http
+        .get(format!("{base}/signup?invite={long}"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("body");
+    assert!(
+        !html.contains(&long[..100]),
+        "an invalid code is not put in the page"
+    );
+    assert!(html.contains("need an invite link"));
+    // A made-up code that looks right is refused after the form, without an account.
+    let r = form(
+        &http,
+        &base,
+        "/auth/signup",
+        &token,
+        None,
+        &[
+            ("username", "mallory"),
+            ("password", "correct horse battery"),
+            ("invite", "made-up-code"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        r.headers()["location"],
+        "/signup?error=invite&invite=made-up-code"
+    );
+    // A body sent a byte now and then is cut off.
+    let addr: std::net::SocketAddr = server.addr.parse().expect("addr");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"POST /auth/invites HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 4000\r\n\r\nuses=1")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let mut answer = [0u8; 12];
+    let read = async {
+        loop {
+            tokio::select! {
+                r = s.read_exact(&mut answer) => return r.map(|_| ()),
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                    let _ = s.write_all(b"1").await;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("cut off in time")
+        .expect("read");
+    assert_eq!(&answer, b"HTTP/1.1 408");
+    let cut_after = started.elapsed();
+    let rss_after = server.status_kib("VmRSS");
+    println!(
+        "invite endpoints: 500 stranger posts {statuses:?}; slow body cut after {cut_after:?}; RSS {rss_before} KiB before, {rss_after} KiB after"
+    );
+    assert!(cut_after < Duration::from_secs(17), "{cut_after:?}");
+    assert!(
+        rss_after.saturating_sub(rss_before) < 8 * 1024,
+        "RSS grew {} KiB",
+        rss_after - rss_before
+    );
 }

@@ -367,14 +367,7 @@ async fn shutdown_keeps_its_five_seconds_with_stuck_clients() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     server.signal("-TERM");
-    let mut child = std::mem::replace(
-        &mut server.child,
-        std::process::Command::new("true").spawn().expect("true"),
-    );
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+    let exit = server.wait_exit().await;
     let took = started.elapsed();
     println!("shutdown with stuck clients took {took:?}");
     assert!(exit.success(), "clean exit, got {exit:?}");

@@ -355,6 +355,18 @@ impl ServerProcess {
         ServerProcess { child, addr }
     }
 
+    /// Waits, off the runtime, for the process to exit, and returns how it did.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = std::mem::replace(
+            &mut self.child,
+            std::process::Command::new("true").spawn().expect("true"),
+        );
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("join")
+            .expect("wait")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

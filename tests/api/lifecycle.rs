@@ -56,14 +56,7 @@ async fn sigterm_closes_every_socket_with_1001_and_exits() {
     for ws in clients.iter_mut() {
         assert_eq!(close_code(ws).await, 1001);
     }
-    let mut child = std::mem::replace(
-        &mut server.child,
-        std::process::Command::new("true").spawn().expect("true"),
-    );
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+    let exit = server.wait_exit().await;
     assert!(exit.success(), "clean exit, got {exit:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
