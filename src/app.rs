@@ -1,14 +1,14 @@
-//! The Leptos application: the page shell, the room page, and the reactive chat view. The same code
-//! renders on the server and hydrates in the browser; only `crate::client` (browser-only) touches
-//! the WebSocket.
+//! The Leptos application: the page shell, the layout (sidebar of rooms and DMs, dialogs), and the
+//! room view. The same code renders on the server and hydrates in the browser; all state lives in
+//! the tab's [`Session`], and only `crate::client` (browser-only) touches the WebSocket.
 
-use crate::protocol::{ChatMessage, DEFAULT_ROOM, PAGE_HISTORY};
+use crate::protocol::{EventKind, RoomKind, Visibility, DEFAULT_ROOM};
+use crate::session::{Conn, Dialog, Entry, PageData, RoomState, Session, Status};
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
-use leptos_router::components::{Route, Router, Routes};
-use leptos_router::hooks::use_params_map;
+use leptos_router::components::{Outlet, ParentRoute, Route, Router, Routes, A};
+use leptos_router::hooks::{use_location, use_params_map};
 use leptos_router::{path, SsrMode};
-use serde::{Deserialize, Serialize};
 
 /// The HTML document around the app.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
@@ -18,6 +18,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
             <head>
                 <meta charset="utf-8"/>
                 <meta name="viewport" content="width=device-width, initial-scale=1"/>
+                <meta name="color-scheme" content="light dark"/>
                 <link rel="icon" href="/favicon.svg" type="image/svg+xml"/>
                 <AutoReload options=options.clone()/>
                 <HydrationScripts options/>
@@ -35,40 +36,33 @@ pub fn App() -> impl IntoView {
     provide_meta_context();
     view! {
         <Stylesheet id="leptos" href="/pkg/hubbub.css"/>
-        <Title text="hubbub"/>
         <Router>
             <Routes fallback=|| view! { <p class="notice">"Page not found."</p> }>
-                <Route
-                    path=path!("/")
-                    view=|| view! { <RoomPage room=DEFAULT_ROOM.to_owned()/> }
-                    ssr=SsrMode::Async
-                />
-                <Route path=path!("/r/:room") view=RoomRoute ssr=SsrMode::Async/>
+                <ParentRoute path=path!("") view=Layout ssr=SsrMode::Async>
+                    <Route path=path!("") view=RoomRoute ssr=SsrMode::Async/>
+                    <Route path=path!("r/:room") view=RoomRoute ssr=SsrMode::Async/>
+                </ParentRoute>
             </Routes>
         </Router>
     }
 }
 
-/// What the room page renders first: the room's last messages and its head seq, the cursor the
-/// client resumes from, so nothing posted between render and connect is missed.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Snapshot {
-    pub room: String,
-    pub head: u64,
-    pub messages: Vec<ChatMessage>,
-    /// The signed-in user's display name; `None` in anonymous mode.
-    pub me: Option<String>,
-    /// The signed-in user's username (their unsent messages are kept under it); `None` in
-    /// anonymous mode.
-    #[serde(default)]
-    pub me_username: Option<String>,
-    /// The browser's CSRF token, for the log-out form.
-    pub csrf: String,
+/// The room a path opens on: `/r/NAME`, or the default room.
+fn room_of_path(path: &str) -> String {
+    path.strip_prefix("/r/")
+        .map(|r| r.trim_end_matches('/').to_owned())
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| DEFAULT_ROOM.to_owned())
 }
 
+/// What the first page renders: the account, its rooms, and the room in the URL with its last
+/// messages and head seq (the cursor the client resumes from, so nothing posted between render
+/// and connect is missed). Every read goes through the chat's one authorisation point.
 #[server]
-pub async fn room_snapshot(room: String) -> Result<Option<Snapshot>, ServerFnError> {
+pub async fn load_page(room: String) -> Result<PageData, ServerFnError> {
+    use crate::server::chat::ChatError;
     use crate::server::AppState;
+    use crate::session::RoomPage;
     let state =
         use_context::<AppState>().ok_or_else(|| ServerFnError::new("server state is missing"))?;
     let parts = use_context::<axum::http::request::Parts>();
@@ -91,8 +85,6 @@ pub async fn room_snapshot(room: String) -> Result<Option<Snapshot>, ServerFnErr
         .await
         .map_err(|_| ServerFnError::new("log in first"))?
         .user;
-    let me = user.as_ref().map(|u| u.display_name.clone());
-    let me_username = user.map(|u| u.username);
     let (csrf, new) = state.auth.csrf_token(&headers);
     if new {
         if let Some(resp) = use_context::<leptos_axum::ResponseOptions>() {
@@ -102,52 +94,61 @@ pub async fn room_snapshot(room: String) -> Result<Option<Snapshot>, ServerFnErr
             );
         }
     }
-    if !crate::protocol::valid_room_name(&room) {
-        return Ok(None);
-    }
-    // The head and the page in one snapshot: a commit between two reads would show twice.
-    let Some((head, messages)) = state
-        .chat
-        .store
-        .recent(&room, PAGE_HISTORY)
-        .await
-        .map_err(ServerFnError::new)?
-    else {
-        return Ok(None);
+    let rooms = match &user {
+        Some(u) => state.chat.rooms(u).await.map_err(ServerFnError::new)?,
+        None => Vec::new(),
     };
-    Ok(Some(Snapshot {
-        room,
-        head,
-        messages,
-        me,
-        me_username,
-        csrf,
-    }))
-}
-
-#[component]
-fn RoomRoute() -> impl IntoView {
-    let params = use_params_map();
-    move || {
-        let room = params
-            .read()
-            .get("room")
-            .unwrap_or_else(|| DEFAULT_ROOM.to_owned());
-        view! { <RoomPage room/> }
+    let room = if crate::protocol::valid_room_name(&room) {
+        room
+    } else {
+        DEFAULT_ROOM.to_owned()
+    };
+    let page = match state
+        .chat
+        .recent(user.as_ref(), &room, crate::protocol::PAGE_HISTORY)
+        .await
+    {
+        Ok((info, page)) => Some(RoomPage {
+            info,
+            head: page.head,
+            messages: page.messages,
+        }),
+        Err(ChatError::Store(e)) => return Err(ServerFnError::new(e)),
+        // A room this user may not see renders as one that does not exist.
+        Err(_) => None,
+    };
+    if page.is_none() {
+        if let Some(resp) = use_context::<leptos_axum::ResponseOptions>() {
+            resp.set_status(axum::http::StatusCode::NOT_FOUND);
+        }
     }
+    Ok(PageData {
+        me: user.as_ref().map(|u| u.display_name.clone()),
+        me_username: user.map(|u| u.username),
+        csrf,
+        rooms,
+        requested: room,
+        room: page,
+    })
 }
 
+/// The page around every room: loads the session once (the routes below it change without
+/// reloading it), the sidebar, the dialogs, the tab title and the screen readers' live region.
 #[component]
-fn RoomPage(room: String) -> impl IntoView {
-    let snapshot = Resource::new(move || room.clone(), room_snapshot);
+fn Layout() -> impl IntoView {
+    let first = room_of_path(&use_location().pathname.get_untracked());
+    let data = Resource::new(|| (), move |_| load_page(first.clone()));
     view! {
         <Suspense fallback=|| view! { <p class="notice">"Loading…"</p> }>
             {move || Suspend::new(async move {
-                match snapshot.await {
-                    Ok(Some(s)) => view! { <ChatView snapshot=s/> }.into_any(),
-                    Ok(None) => view! { <p class="notice">"There is no such room."</p> }.into_any(),
+                match data.await {
+                    Ok(d) => {
+                        let session = Session::new(d);
+                        provide_context(session);
+                        view! { <Workspace session/> }.into_any()
+                    }
                     Err(e) => {
-                        view! { <p class="notice">"Could not load the room: " {e.to_string()}</p> }
+                        view! { <p class="notice">"Could not load hubbub: " {e.to_string()}</p> }
                             .into_any()
                     }
                 }
@@ -156,198 +157,186 @@ fn RoomPage(room: String) -> impl IntoView {
     }
 }
 
-/// Delivery state of a message in the list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Status {
-    /// Typed here, not yet acknowledged by the server.
-    Pending,
-    /// Acknowledged: durably stored, waiting for its place in the room's order.
-    Acked,
-    /// In the room's history at its seq.
-    Stored,
-    /// Refused by the server (see the entry's `error`); the user may retry or discard it.
-    Failed,
-}
-
-/// A row of the message list.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    pub client_id: String,
-    pub seq: Option<u64>,
-    pub user: String,
-    pub body: String,
-    pub ts: i64,
-    pub status: Status,
-    /// Why the server refused it, for a failed entry.
-    pub error: Option<String>,
-}
-
-impl From<ChatMessage> for Entry {
-    fn from(m: ChatMessage) -> Self {
-        Entry {
-            client_id: m.client_id,
-            seq: Some(m.seq),
-            user: m.user,
-            body: m.body,
-            ts: m.ts,
-            status: Status::Stored,
-            error: None,
-        }
-    }
-}
-
-/// Connection state as the user sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Conn {
-    Connecting,
-    Connected,
-    /// Lost unexpectedly; the next attempt is at `ChatState::retry_at`.
-    Reconnecting,
-    /// The browser says it has no network; the next attempt is when it comes back.
-    Offline,
-    /// Closed by the user.
-    Disconnected,
-    /// The session was logged out (here or in another tab): log in again.
-    SignedOut,
-}
-
-impl Conn {
-    pub fn label(self) -> &'static str {
-        match self {
-            Conn::Connecting => "connecting",
-            Conn::Connected => "connected",
-            Conn::Reconnecting => "reconnecting",
-            Conn::Offline => "offline",
-            Conn::Disconnected => "disconnected",
-            Conn::SignedOut => "signed out",
-        }
-    }
-}
-
-/// The chat's reactive state: all handles, so it is `Copy` and can go into every closure.
-#[derive(Clone, Copy)]
-pub struct ChatState {
-    pub room: StoredValue<String>,
-    /// The signed-in user's display name; `None` in anonymous mode, where the name field is used.
-    pub me: StoredValue<Option<String>>,
-    /// Whose unsent messages this browser keeps here: the username, or `guest` in anonymous
-    /// mode. On a shared browser one account's outbox is never sent as another's.
-    pub owner: StoredValue<String>,
-    /// Stored messages in seq order, then the user's own pending ones.
-    pub messages: RwSignal<Vec<Entry>>,
-    /// Highest seq in the list: the resume cursor.
-    pub last_seq: RwSignal<u64>,
-    pub conn: RwSignal<Conn>,
-    /// False after the user pressed Disconnect: no automatic reconnect then.
-    pub want_connected: RwSignal<bool>,
-    pub name: RwSignal<String>,
-    /// Messages that arrived while the user was scrolled up.
-    pub unseen: RwSignal<usize>,
-    pub at_bottom: RwSignal<bool>,
-    /// Whether older history can still be loaded.
-    pub has_older: RwSignal<bool>,
-    /// Set once the page is hydrated: times switch from UTC to the browser's zone.
-    pub hydrated: RwSignal<bool>,
-    pub last_error: RwSignal<Option<String>>,
-    /// When the next reconnect attempt is due (ms since the epoch).
-    pub retry_at: RwSignal<Option<f64>>,
-    /// The clock, ticking each second, for the reconnect countdown.
-    pub now: RwSignal<f64>,
-    /// After a catch-up: the first seq it brought and how many messages came.
-    pub divider: RwSignal<Option<(u64, usize)>>,
-}
-
-impl ChatState {
-    fn new(s: Snapshot) -> Self {
-        let has_older = s.messages.first().is_some_and(|m| m.seq > 1);
-        ChatState {
-            room: StoredValue::new(s.room),
-            me: StoredValue::new(s.me.clone()),
-            owner: StoredValue::new(s.me_username.unwrap_or_else(|| "guest".to_owned())),
-            messages: RwSignal::new(s.messages.into_iter().map(Entry::from).collect()),
-            last_seq: RwSignal::new(s.head),
-            conn: RwSignal::new(Conn::Connecting),
-            want_connected: RwSignal::new(true),
-            name: RwSignal::new(s.me.unwrap_or_default()),
-            unseen: RwSignal::new(0),
-            at_bottom: RwSignal::new(true),
-            has_older: RwSignal::new(has_older),
-            hydrated: RwSignal::new(false),
-            last_error: RwSignal::new(None),
-            retry_at: RwSignal::new(None),
-            now: RwSignal::new(0.0),
-            divider: RwSignal::new(None),
-        }
-    }
-
-    /// Puts a stored message in its place: after the stored ones, before pending ones, replacing
-    /// the pending copy with the same `client_id`. Messages at or below the cursor are duplicates.
-    pub fn receive(&self, m: ChatMessage) -> bool {
-        if m.seq <= self.last_seq.get_untracked() {
-            return false;
-        }
-        self.last_seq.set(m.seq);
-        self.messages.update(|list| {
-            list.retain(|e| !(e.seq.is_none() && e.client_id == m.client_id));
-            let at = list
-                .iter()
-                .position(|e| e.seq.is_none())
-                .unwrap_or(list.len());
-            list.insert(at, Entry::from(m));
-        });
-        true
-    }
-
-    /// Marks the user's message as stored by the server.
-    pub fn acked(&self, client_id: &str) {
-        self.messages.update(|list| {
-            if let Some(e) = list
-                .iter_mut()
-                .find(|e| e.client_id == client_id && e.status == Status::Pending)
-            {
-                e.status = Status::Acked;
+#[component]
+fn Workspace(session: Session) -> impl IntoView {
+    // Browser only: effects do not run during server rendering.
+    Effect::new(move |_| {
+        session.hydrated.set(true);
+        #[cfg(feature = "hydrate")]
+        {
+            if !session.signed_in() {
+                if let Some(name) = crate::client::load_name() {
+                    session.name.set(name);
+                }
             }
-        });
-    }
-
-    /// Adds older history above what is shown.
-    pub fn prepend(&self, older: Vec<ChatMessage>) {
-        self.has_older
-            .set(older.first().is_some_and(|m| m.seq > 1) && older.len() >= PAGE_HISTORY);
-        self.messages.update(|list| {
-            let first = list.iter().find_map(|e| e.seq).unwrap_or(u64::MAX);
-            let mut merged: Vec<Entry> = older
-                .into_iter()
-                .filter(|m| m.seq < first)
-                .map(Entry::from)
-                .collect();
-            merged.append(list);
-            *list = merged;
-        });
-    }
-
-    /// The status line: the connection state, with the countdown while reconnecting.
-    pub fn conn_text(&self) -> String {
-        match (self.conn.get(), self.retry_at.get()) {
-            (Conn::Reconnecting, Some(at)) => {
-                let secs = ((at - self.now.get()) / 1000.0).ceil().max(0.0);
-                format!("reconnecting in {secs} s")
-            }
-            (c, _) => c.label().to_owned(),
+            crate::client::start(session);
         }
-    }
-
-    /// The user's messages not yet acknowledged, to send (again) once connected.
-    pub fn pending(&self) -> Vec<Entry> {
-        self.messages
-            .get_untracked()
-            .into_iter()
-            .filter(|e| e.status == Status::Pending)
-            .collect()
+    });
+    #[cfg(feature = "hydrate")]
+    keyboard(session);
+    let title = move || match session.total_unread() {
+        0 => "hubbub".to_owned(),
+        n => format!("({n}) hubbub"),
+    };
+    view! {
+        <Title text=title/>
+        <div class="app" class:sidebar-open=move || session.sidebar_open.get()>
+            <Show when=move || session.signed_in()>
+                <Sidebar session/>
+            </Show>
+            <Outlet/>
+            <Dialogs session/>
+            <div class="sr-only" aria-live="polite" aria-atomic="true">
+                {move || session.announce.get()}
+            </div>
+        </div>
     }
 }
 
-/// `HH:MM`, in UTC on the server and in the browser's zone once hydrated.
+/// Ctrl/Cmd+K opens the quick switcher, Alt+Up/Down moves to the previous/next room, Esc closes
+/// a dialog.
+#[cfg(feature = "hydrate")]
+fn keyboard(session: Session) {
+    use wasm_bindgen::JsCast;
+    let navigate = leptos_router::hooks::use_navigate();
+    let handler = wasm_bindgen::closure::Closure::<dyn FnMut(web_sys::KeyboardEvent)>::new(
+        move |ev: web_sys::KeyboardEvent| {
+            let key = ev.key();
+            if (ev.ctrl_key() || ev.meta_key()) && key.eq_ignore_ascii_case("k") {
+                ev.prevent_default();
+                session.dialog.set(Some(Dialog::Switcher));
+            } else if key == "Escape" && session.dialog.get_untracked().is_some() {
+                session.dialog.set(None);
+            } else if ev.alt_key() && (key == "ArrowUp" || key == "ArrowDown") {
+                ev.prevent_default();
+                let order: Vec<String> = session
+                    .sidebar(RoomKind::Room)
+                    .into_iter()
+                    .chain(session.sidebar(RoomKind::Dm))
+                    .map(|r| r.name)
+                    .collect();
+                let current = session.current.get_untracked();
+                let at = order.iter().position(|r| *r == current).unwrap_or(0);
+                let next = if key == "ArrowUp" {
+                    at.checked_sub(1).unwrap_or(order.len().saturating_sub(1))
+                } else {
+                    (at + 1) % order.len().max(1)
+                };
+                if let Some(room) = order.get(next) {
+                    navigate(&format!("/r/{room}"), Default::default());
+                }
+            }
+        },
+    );
+    if let Some(w) = web_sys::window() {
+        let _ = w.add_event_listener_with_callback("keydown", handler.as_ref().unchecked_ref());
+    }
+    handler.forget();
+}
+
+#[component]
+fn Sidebar(session: Session) -> impl IntoView {
+    let item = move |r: crate::protocol::RoomInfo| {
+        let name = r.name.clone();
+        let href = format!("/r/{}", r.name);
+        let label = match r.kind {
+            RoomKind::Room if r.visibility == Visibility::Private => format!("🔒 {}", r.title),
+            RoomKind::Room => format!("# {}", r.title),
+            RoomKind::Dm => r.title.clone(),
+        };
+        let unread = r.unread;
+        let current = {
+            let name = name.clone();
+            move || session.current.get() == name
+        };
+        let current2 = current.clone();
+        view! {
+            <li class="room-item" class:unread={unread > 0} class:current=current2>
+                <A
+                    href=href
+                    attr:aria-current=move || current().then_some("page")
+                    on:click=move |_| session.sidebar_open.set(false)
+                >
+                    <span class="room-name">{label}</span>
+                    {(unread > 0)
+                        .then(|| {
+                            view! {
+                                <span class="badge" aria-label=format!("{unread} unread")>
+                                    {unread}
+                                </span>
+                            }
+                        })}
+                </A>
+            </li>
+        }
+    };
+    view! {
+        <nav class="sidebar" aria-label="Rooms and direct messages">
+            <div class="sidebar-head">
+                <span class="brand">"hubbub"</span>
+                <button
+                    class="icon"
+                    title="Quick switcher (Ctrl+K)"
+                    aria-label="Quick switcher"
+                    on:click=move |_| session.dialog.set(Some(Dialog::Switcher))
+                >
+                    "⌕"
+                </button>
+            </div>
+            <div class="section">
+                <h2>"Rooms"</h2>
+                <button
+                    class="icon add-room"
+                    title="Create a room"
+                    aria-label="Create a room"
+                    on:click=move |_| session.dialog.set(Some(Dialog::CreateRoom))
+                >
+                    "+"
+                </button>
+            </div>
+            <ul class="rooms">{move || session.sidebar(RoomKind::Room).into_iter().map(item).collect_view()}</ul>
+            <button class="link browse" on:click=move |_| session.dialog.set(Some(Dialog::BrowseRooms))>
+                "Browse rooms"
+            </button>
+            <div class="section">
+                <h2>"Direct messages"</h2>
+                <button
+                    class="icon new-dm"
+                    title="New message"
+                    aria-label="New message"
+                    on:click=move |_| session.dialog.set(Some(Dialog::NewMessage))
+                >
+                    "+"
+                </button>
+            </div>
+            <ul class="rooms dms">{move || session.sidebar(RoomKind::Dm).into_iter().map(item).collect_view()}</ul>
+        </nav>
+    }
+}
+
+#[component]
+fn RoomRoute() -> impl IntoView {
+    let session = expect_context::<Session>();
+    let params = use_params_map();
+    let room = move || {
+        params
+            .read()
+            .get("room")
+            .unwrap_or_else(|| DEFAULT_ROOM.to_owned())
+    };
+    move || {
+        let name = room();
+        session.current.set(name.clone());
+        session.last_error.set(None);
+        #[cfg(feature = "hydrate")]
+        let st = crate::client::open_room(session, &name);
+        #[cfg(not(feature = "hydrate"))]
+        let st = session.state(&name);
+        view! { <ChatView session st/> }
+    }
+}
+
+/// Times render in UTC on the server and in the browser's zone once hydrated; both as HH:MM.
 fn clock(ts: i64, local: bool) -> String {
     #[cfg(feature = "hydrate")]
     if local {
@@ -363,41 +352,46 @@ fn clock(ts: i64, local: bool) -> String {
     )
 }
 
-#[component]
-fn ChatView(snapshot: Snapshot) -> impl IntoView {
-    let csrf = snapshot.csrf.clone();
-    let st = ChatState::new(snapshot);
-    let signed_in = st.me.get_value().is_some();
-    let draft = RwSignal::new(String::new());
-    let list_ref: NodeRef<leptos::html::Div> = NodeRef::new();
+/// The one line a change to the room shows as.
+fn event_text(e: &Entry) -> String {
+    let who = &e.user;
+    let member = e.member.as_deref().unwrap_or("someone");
+    match e.kind {
+        EventKind::RoomCreated => format!("{who} created the room"),
+        EventKind::MemberJoined => format!("{who} joined"),
+        EventKind::MemberLeft => format!("{who} left"),
+        EventKind::MemberInvited => format!("{who} added @{member}"),
+        EventKind::MemberRemoved => format!("{who} removed @{member}"),
+        EventKind::RoomRenamed => format!("{who} renamed the room to {}", e.body),
+        EventKind::TopicChanged if e.body.is_empty() => format!("{who} cleared the topic"),
+        EventKind::TopicChanged => format!("{who} set the topic: {}", e.body),
+        EventKind::RoomArchived => format!("{who} archived the room"),
+        EventKind::Message | EventKind::Other => String::new(),
+    }
+}
 
-    // Browser only: effects do not run during server rendering.
-    Effect::new(move |_| {
-        st.hydrated.set(true);
-        #[cfg(feature = "hydrate")]
-        {
-            if st.me.get_value().is_none() {
-                if let Some(name) = crate::client::load_name() {
-                    st.name.set(name);
-                }
-            }
-            crate::client::start(st);
-        }
-    });
+#[component]
+fn ChatView(session: Session, st: RoomState) -> impl IntoView {
+    let signed_in = session.signed_in();
+    let csrf = session.csrf.get_value();
+    let list_ref: NodeRef<leptos::html::Div> = NodeRef::new();
+    let room = st.name();
+    let members_open = RwSignal::new(false);
 
     // Keep the list at the bottom unless the user scrolled up; count what they have not seen.
+    // On opening: back where the reader left it, or at the "new messages" divider.
     Effect::new(move |prev: Option<usize>| {
         let len = st.messages.with(Vec::len);
-        if let Some(prev) = prev {
-            if len > prev {
+        match prev {
+            Some(prev) if len > prev => {
                 if st.at_bottom.get_untracked() {
                     scroll_to_bottom(list_ref);
                 } else {
                     st.unseen.update(|n| *n += len - prev);
                 }
             }
-        } else {
-            scroll_to_bottom(list_ref);
+            Some(_) => {}
+            None => restore_scroll(st, list_ref),
         }
         len
     });
@@ -409,9 +403,12 @@ fn ChatView(snapshot: Snapshot) -> impl IntoView {
         if let Some(el) = list_ref.get_untracked() {
             let top = el.scroll_top();
             let bottom = el.scroll_height() - top - el.client_height() < 40;
+            st.scroll.set_value(if bottom { None } else { Some(top) });
             if bottom {
                 st.at_bottom.set(true);
                 st.unseen.set(0);
+                #[cfg(feature = "hydrate")]
+                crate::client::seen(session);
             } else if top < last_top.get_value() {
                 st.at_bottom.set(false);
             }
@@ -420,60 +417,111 @@ fn ChatView(snapshot: Snapshot) -> impl IntoView {
     };
 
     let submit = move || {
-        let body = draft.get_untracked();
+        let body = st.draft.get_untracked();
         if body.trim().is_empty() {
             return;
         }
         #[cfg(feature = "hydrate")]
-        crate::client::send(st, body);
-        draft.set(String::new());
+        crate::client::send(session, st, body);
+        st.draft.set(String::new());
         st.at_bottom.set(true);
         scroll_to_bottom(list_ref);
     };
 
     let toggle = move |_| {
         #[cfg(feature = "hydrate")]
-        if st.want_connected.get_untracked() {
-            crate::client::disconnect(st);
+        if session.want_connected.get_untracked() {
+            crate::client::disconnect(session);
         } else {
-            crate::client::connect(st);
+            crate::client::connect(session);
         }
     };
-
     let retry_now = move |_| {
         #[cfg(feature = "hydrate")]
-        crate::client::connect(st);
+        crate::client::connect(session);
     };
-
     let load_older = move |_| {
         #[cfg(feature = "hydrate")]
-        crate::client::load_older(st);
+        crate::client::load_older(session, st);
     };
-
     // Whatever this account left unsent stays with it, not with the browser.
     let log_out = move |_: leptos::ev::SubmitEvent| {
         #[cfg(feature = "hydrate")]
-        crate::client::forget_outbox(st);
+        crate::client::forget_outbox(session);
+    };
+
+    let info = {
+        let room = room.clone();
+        move || session.info(&room)
+    };
+    let heading = {
+        let info = info.clone();
+        let room = room.clone();
+        move || match info() {
+            Some(i) if i.kind == RoomKind::Dm => i.title,
+            Some(i) => format!("# {}", i.title),
+            None => format!("# {room}"),
+        }
+    };
+    let topic = {
+        let info = info.clone();
+        move || info().map(|i| i.topic).unwrap_or_default()
+    };
+    let member_count = {
+        let info = info.clone();
+        move || {
+            info().map(|i| match i.members {
+                1 => "1 member".to_owned(),
+                n => format!("{n} members"),
+            })
+        }
     };
 
     view! {
-        <main class="chat">
+        <main class="chat" aria-label="Conversation">
             <header class="bar">
-                <h1>"hubbub"</h1>
-                <span class="room">"# " {st.room.get_value()}</span>
-                <span class="conn" data-state=move || st.conn.get().label()>
-                    {move || st.conn_text()}
+                <button
+                    class="icon menu"
+                    aria-label="Room list"
+                    on:click=move |_| session.sidebar_open.update(|o| *o = !*o)
+                    hidden=!signed_in
+                >
+                    "☰"
+                </button>
+                <div class="room-head">
+                    <h1 class="room">{heading}</h1>
+                    <Show when={let topic = topic.clone(); move || !topic().is_empty()}>
+                        <span class="topic">{topic.clone()}</span>
+                    </Show>
+                </div>
+                <Show when={
+                    let c = member_count.clone();
+                    move || c().is_some()
+                }>
+                    <button
+                        class="members-toggle"
+                        aria-expanded=move || members_open.get().to_string()
+                        on:click=move |_| members_open.update(|o| *o = !*o)
+                    >
+                        {
+                            let c = member_count.clone();
+                            move || c().unwrap_or_default()
+                        }
+                    </button>
+                </Show>
+                <span class="conn" data-state=move || session.conn.get().label()>
+                    {move || session.conn_text()}
                 </span>
-                <Show when=move || matches!(st.conn.get(), Conn::Reconnecting | Conn::Offline)>
+                <Show when=move || matches!(session.conn.get(), Conn::Reconnecting | Conn::Offline)>
                     <button class="retry" on:click=retry_now>"Retry now"</button>
                 </Show>
-                <button class="toggle" on:click=toggle disabled=move || !st.hydrated.get()>
-                    {move || if st.want_connected.get() { "Disconnect" } else { "Connect" }}
+                <button class="toggle" on:click=toggle disabled=move || !session.hydrated.get()>
+                    {move || if session.want_connected.get() { "Disconnect" } else { "Connect" }}
                 </button>
                 {signed_in
                     .then(|| {
                         view! {
-                            <span class="me">{st.me.get_value()}</span>
+                            <span class="me">{session.me.get_value()}</span>
                             <a class="tokens-link" href="/tokens">"Tokens"</a>
                             <form class="logout" method="post" action="/auth/logout" on:submit=log_out>
                                 <input type="hidden" name="csrf" value=csrf.clone()/>
@@ -482,86 +530,30 @@ fn ChatView(snapshot: Snapshot) -> impl IntoView {
                         }
                     })}
             </header>
-            <Show when=move || st.conn.get() == Conn::SignedOut>
+            <Show when=move || session.conn.get() == Conn::SignedOut>
                 <p class="error" role="alert">
                     "You were logged out. " <a href="/login">"Log in again"</a>
                 </p>
             </Show>
-            <div class="messages" node_ref=list_ref on:scroll=on_scroll>
-                <Show when=move || st.has_older.get()>
-                    <button class="older" on:click=load_older>"Load older messages"</button>
+            <div class="body-row">
+                <div class="messages" node_ref=list_ref on:scroll=on_scroll tabindex="0" aria-label="Messages">
+                    <Show when=move || st.missing.get()>
+                        <p class="notice">"There is no such room."</p>
+                    </Show>
+                    <Show when=move || st.has_older.get()>
+                        <button class="older" on:click=load_older>"Load older messages"</button>
+                    </Show>
+                    <ol class="list">
+                        <For
+                            each=move || st.messages.get()
+                            key=|e| (e.client_id.clone(), e.seq, e.status, e.error.clone())
+                            children=move |e: Entry| entry_view(session, st, e)
+                        />
+                    </ol>
+                </div>
+                <Show when=move || members_open.get()>
+                    <MembersPanel session room=room.clone()/>
                 </Show>
-                <ol class="list">
-                    <For
-                        each=move || st.messages.get()
-                        key=|e| (e.client_id.clone(), e.seq, e.status, e.error.clone())
-                        children=move |e: Entry| {
-                            let status = match e.status {
-                                Status::Pending => "pending",
-                                Status::Acked => "sent",
-                                Status::Stored => "stored",
-                                Status::Failed => "failed",
-                            };
-                            let ts = e.ts;
-                            let seq = e.seq;
-                            let id = e.client_id.clone();
-                            let id2 = e.client_id.clone();
-                            let state_text = match &e.error {
-                                Some(err) => format!("failed: {err}"),
-                                None => status.to_owned(),
-                            };
-                            let divider = move || {
-                                st.divider.get().filter(|(first, _)| Some(*first) == seq).map(|(_, n)| {
-                                    let text = if n == 1 {
-                                        "1 new message".to_owned()
-                                    } else {
-                                        format!("{n} new messages")
-                                    };
-                                    view! { <div class="divider" role="separator">{text}</div> }
-                                })
-                            };
-                            view! {
-                                <li class="msg" data-status=status data-seq=seq.map(|s| s.to_string())>
-                                    {divider}
-                                    <span class="author">{e.user}</span>
-                                    <time class="time">{move || clock(ts, st.hydrated.get())}</time>
-                                    <Show when=move || status != "stored">
-                                        <span class="state">{state_text.clone()}</span>
-                                    </Show>
-                                    <Show when=move || status == "failed">
-                                        <button
-                                            class="retry-send"
-                                            on:click={
-                                                let id = id.clone();
-                                                move |_| {
-                                                    #[cfg(feature = "hydrate")]
-                                                    crate::client::retry(st, &id);
-                                                    let _ = &id;
-                                                }
-                                            }
-                                        >
-                                            "Retry"
-                                        </button>
-                                        <button
-                                            class="discard"
-                                            on:click={
-                                                let id = id2.clone();
-                                                move |_| {
-                                                    #[cfg(feature = "hydrate")]
-                                                    crate::client::discard(st, &id);
-                                                    let _ = &id;
-                                                }
-                                            }
-                                        >
-                                            "Discard"
-                                        </button>
-                                    </Show>
-                                    <p class="body">{e.body}</p>
-                                </li>
-                            }
-                        }
-                    />
-                </ol>
             </div>
             <Show when=move || { st.unseen.get() > 0 }>
                 <button
@@ -578,8 +570,8 @@ fn ChatView(snapshot: Snapshot) -> impl IntoView {
                     }}
                 </button>
             </Show>
-            <Show when=move || st.last_error.get().is_some()>
-                <p class="error" role="alert">{move || st.last_error.get().unwrap_or_default()}</p>
+            <Show when=move || session.last_error.get().is_some()>
+                <p class="error" role="alert">{move || session.last_error.get().unwrap_or_default()}</p>
             </Show>
             <form
                 class="composer"
@@ -593,24 +585,26 @@ fn ChatView(snapshot: Snapshot) -> impl IntoView {
                     class="name"
                     hidden=signed_in
                     name="name"
+                    aria-label="Your name"
                     placeholder="Your name"
                     maxlength="64"
-                    prop:value=move || st.name.get()
+                    prop:value=move || session.name.get()
                     on:input=move |ev| {
                         let name = event_target_value(&ev);
                         #[cfg(feature = "hydrate")]
                         crate::client::save_name(&name);
-                        st.name.set(name);
+                        session.name.set(name);
                     }
                 />
                 <textarea
                     class="body"
                     name="body"
                     rows="2"
+                    aria-label="Message"
                     placeholder="Message (Enter sends, Shift+Enter for a new line)"
                     maxlength="4000"
-                    prop:value=move || draft.get()
-                    on:input=move |ev| draft.set(event_target_value(&ev))
+                    prop:value=move || st.draft.get()
+                    on:input=move |ev| st.draft.set(event_target_value(&ev))
                     on:keydown=move |ev| {
                         if ev.key() == "Enter" && !ev.shift_key() && !ev.is_composing() {
                             ev.prevent_default();
@@ -618,12 +612,105 @@ fn ChatView(snapshot: Snapshot) -> impl IntoView {
                         }
                     }
                 ></textarea>
-                <button type="submit" class="send" disabled=move || !st.hydrated.get()>
+                <button type="submit" class="send" disabled=move || !session.hydrated.get()>
                     "Send"
                 </button>
             </form>
         </main>
     }
+}
+
+/// One row of the list: a message (with its delivery state and the author's handle) or a change
+/// to the room; the "new messages" divider goes above the first one after the read position.
+fn entry_view(session: Session, st: RoomState, e: Entry) -> AnyView {
+    let seq = e.seq;
+    let divider = move || {
+        let at = st.divider.get()?;
+        let first = st
+            .messages
+            .with(|l| l.iter().filter_map(|x| x.seq).find(|s| *s > at))?;
+        (Some(first) == seq).then(|| {
+            let n = st.messages.with(|l| {
+                l.iter()
+                    .filter(|x| x.kind == EventKind::Message && x.seq.is_some_and(|s| s > at))
+                    .count()
+            });
+            let text = match n {
+                1 => "1 new message".to_owned(),
+                n => format!("{n} new messages"),
+            };
+            view! { <div class="divider" role="separator">{text}</div> }
+        })
+    };
+    let ts = e.ts;
+    if e.kind != EventKind::Message {
+        return view! {
+            <li class="event" data-seq=seq.map(|s| s.to_string())>
+                {divider}
+                <span class="what">{event_text(&e)}</span>
+                <time class="time">{move || clock(ts, session.hydrated.get())}</time>
+            </li>
+        }
+        .into_any();
+    }
+    let status = match e.status {
+        Status::Pending => "pending",
+        Status::Acked => "sent",
+        Status::Stored => "stored",
+        Status::Failed => "failed",
+    };
+    let handle = match (&e.username, e.guest) {
+        (Some(u), _) => Some(format!("@{u}")),
+        (None, true) => Some("guest".to_owned()),
+        (None, false) => None,
+    };
+    let state_text = match &e.error {
+        Some(err) => format!("failed: {err}"),
+        None => status.to_owned(),
+    };
+    let id = e.client_id.clone();
+    let id2 = e.client_id.clone();
+    view! {
+        <li class="msg" data-status=status data-seq=seq.map(|s| s.to_string())>
+            {divider}
+            <span class="author">{e.user}</span>
+            {handle.map(|h| view! { <span class="handle">{h}</span> })}
+            <time class="time">{move || clock(ts, session.hydrated.get())}</time>
+            <Show when=move || status != "stored">
+                <span class="state">{state_text.clone()}</span>
+            </Show>
+            <Show when=move || status == "failed">
+                <button
+                    class="retry-send"
+                    on:click={
+                        let id = id.clone();
+                        move |_| {
+                            #[cfg(feature = "hydrate")]
+                            crate::client::retry(session, st, &id);
+                            let _ = &id;
+                        }
+                    }
+                >
+                    "Retry"
+                </button>
+                <button
+                    class="discard"
+                    on:click={
+                        let id = id2.clone();
+                        move |_| {
+                            #[cfg(feature = "hydrate")]
+                            crate::client::discard(session, st, &id);
+                            let _ = &id;
+                        }
+                    }
+                >
+                    "Discard"
+                </button>
+            </Show>
+            <p class="body">{e.body}</p>
+        </li>
+    }
+    .into_any()
 }
 
 fn scroll_to_bottom(list: NodeRef<leptos::html::Div>) {
@@ -633,4 +720,471 @@ fn scroll_to_bottom(list: NodeRef<leptos::html::Div>) {
             el.set_scroll_top(el.scroll_height());
         }
     });
+}
+
+/// On opening a room: where the reader left it, else at the "new messages" divider, else at the
+/// end.
+fn restore_scroll(st: RoomState, list: NodeRef<leptos::html::Div>) {
+    #[cfg(feature = "hydrate")]
+    request_animation_frame(move || {
+        use wasm_bindgen::JsCast;
+        let Some(el) = list.get_untracked() else {
+            return;
+        };
+        if let Some(top) = st.scroll.get_value() {
+            el.set_scroll_top(top);
+            st.at_bottom.set(false);
+            return;
+        }
+        if let Ok(Some(divider)) = el.query_selector(".divider") {
+            if let Some(row) = divider.parent_element() {
+                let row: &web_sys::Element = &row;
+                let offset = row
+                    .dyn_ref::<web_sys::HtmlElement>()
+                    .map(|r| r.offset_top())
+                    .unwrap_or_default();
+                el.set_scroll_top((offset - 40).max(0));
+                st.at_bottom
+                    .set(el.scroll_height() - el.scroll_top() - el.client_height() < 40);
+                return;
+            }
+        }
+        el.set_scroll_top(el.scroll_height());
+    });
+    let _ = (st, list);
+}
+
+/// The member list of a room, with the owner's tools (rename, topic, archive, remove) and, for
+/// members of a room, adding people.
+#[component]
+fn MembersPanel(session: Session, room: String) -> impl IntoView {
+    let members = RwSignal::new(Vec::<crate::protocol::MemberInfo>::new());
+    let note = RwSignal::new(None::<String>);
+    let invitee = RwSignal::new(String::new());
+    let reload = {
+        let room = room.clone();
+        move || {
+            let _room = room.clone();
+            #[cfg(feature = "hydrate")]
+            leptos::task::spawn_local(async move {
+                match crate::client::api(
+                    "GET",
+                    &format!("/api/rooms/{_room}"),
+                    serde_json::Value::Null,
+                )
+                .await
+                {
+                    Ok(v) => {
+                        if let Ok(list) = serde_json::from_value(v["members"].clone()) {
+                            members.set(list);
+                        }
+                    }
+                    Err(e) => note.set(Some(e)),
+                }
+            });
+        }
+    };
+    reload();
+    let me = session.username.get_value();
+    let info = {
+        let room = room.clone();
+        move || session.info(&room)
+    };
+    let is_owner = {
+        let info = info.clone();
+        let me = me.clone();
+        move || info().is_some_and(|i| i.owner.is_some() && i.owner == me)
+    };
+    let can_invite = {
+        let info = info.clone();
+        move || info().is_some_and(|i| i.kind == RoomKind::Room && i.member)
+    };
+    let invite = {
+        let room = room.clone();
+        let reload = reload.clone();
+        move |ev: leptos::ev::SubmitEvent| {
+            ev.prevent_default();
+            let _who = invitee.get_untracked().trim().to_owned();
+            let _room = room.clone();
+            let _reload = reload.clone();
+            #[cfg(feature = "hydrate")]
+            leptos::task::spawn_local(async move {
+                let body = serde_json::json!({ "username": _who });
+                match crate::client::api("POST", &format!("/api/rooms/{_room}/members"), body).await
+                {
+                    Ok(_) => {
+                        invitee.set(String::new());
+                        note.set(Some(format!("Added @{_who}.")));
+                        _reload();
+                    }
+                    Err(e) => note.set(Some(e)),
+                }
+            });
+        }
+    };
+    let leave = {
+        let room = room.clone();
+        move |_| {
+            let _room = room.clone();
+            #[cfg(feature = "hydrate")]
+            leptos::task::spawn_local(async move {
+                if let Err(e) = crate::client::api(
+                    "POST",
+                    &format!("/api/rooms/{_room}/leave"),
+                    serde_json::Value::Null,
+                )
+                .await
+                {
+                    note.set(Some(e));
+                }
+            });
+        }
+    };
+    let new_title = RwSignal::new(String::new());
+    let new_topic = RwSignal::new(String::new());
+    let edit = {
+        let room = room.clone();
+        move |field: &'static str, value: RwSignal<String>| {
+            let room = room.clone();
+            move |ev: leptos::ev::SubmitEvent| {
+                ev.prevent_default();
+                let _value = value.get_untracked();
+                let _room = room.clone();
+                let _ = field;
+                #[cfg(feature = "hydrate")]
+                leptos::task::spawn_local(async move {
+                    let body = serde_json::json!({ field: _value });
+                    match crate::client::api("PATCH", &format!("/api/rooms/{_room}"), body).await {
+                        Ok(_) => note.set(Some("Saved.".to_owned())),
+                        Err(e) => note.set(Some(e)),
+                    }
+                });
+            }
+        }
+    };
+    let archive = {
+        let room = room.clone();
+        move |_| {
+            let _room = room.clone();
+            #[cfg(feature = "hydrate")]
+            {
+                let sure = web_sys::window()
+                    .and_then(|w| {
+                        w.confirm_with_message(
+                            "Archive this room? It becomes read-only and leaves everyone's list.",
+                        )
+                        .ok()
+                    })
+                    .unwrap_or(false);
+                if sure {
+                    leptos::task::spawn_local(async move {
+                        let body = serde_json::json!({ "archived": true });
+                        if let Err(e) =
+                            crate::client::api("PATCH", &format!("/api/rooms/{_room}"), body).await
+                        {
+                            note.set(Some(e));
+                        }
+                    });
+                }
+            }
+        }
+    };
+    let remove = {
+        let room = room.clone();
+        let reload = reload.clone();
+        move |who: String| {
+            let _room = room.clone();
+            let _reload = reload.clone();
+            let _ = &who;
+            #[cfg(feature = "hydrate")]
+            leptos::task::spawn_local(async move {
+                match crate::client::api(
+                    "DELETE",
+                    &format!("/api/rooms/{_room}/members/{who}"),
+                    serde_json::Value::Null,
+                )
+                .await
+                {
+                    Ok(_) => _reload(),
+                    Err(e) => note.set(Some(e)),
+                }
+            });
+        }
+    };
+    let not_general = room != DEFAULT_ROOM;
+    view! {
+        <aside class="members" aria-label="Members">
+            <h2>"Members"</h2>
+            <ul>
+                {let is_owner = is_owner.clone(); move || {
+                    let owner = is_owner();
+                    let me = me.clone();
+                    members
+                        .get()
+                        .into_iter()
+                        .map(|m| {
+                            let who = m.username.clone();
+                            let remove = remove.clone();
+                            let removable = owner && Some(&m.username) != me.as_ref();
+                            view! {
+                                <li>
+                                    <span class="author">{m.display_name}</span>
+                                    <span class="handle">"@" {m.username.clone()}</span>
+                                    {(m.role == "owner").then(|| view! { <span class="role">"owner"</span> })}
+                                    {removable.then(|| view! {
+                                        <button class="link remove" on:click=move |_| remove(who.clone())>"Remove"</button>
+                                    })}
+                                </li>
+                            }
+                        })
+                        .collect_view()
+                }}
+            </ul>
+            <Show when=can_invite.clone()>
+                <form class="invite" on:submit=invite.clone()>
+                    <label>"Add someone" <input name="username" placeholder="username" prop:value=move || invitee.get() on:input=move |ev| invitee.set(event_target_value(&ev))/></label>
+                    <button type="submit">"Add"</button>
+                </form>
+            </Show>
+            <Show when=is_owner.clone()>
+                <form class="edit" on:submit=edit("title", new_title)>
+                    <label>"Name" <input name="title" maxlength="80" prop:value=move || new_title.get() on:input=move |ev| new_title.set(event_target_value(&ev))/></label>
+                    <button type="submit">"Rename"</button>
+                </form>
+                <form class="edit" on:submit=edit("topic", new_topic)>
+                    <label>"Topic" <input name="topic" maxlength="250" prop:value=move || new_topic.get() on:input=move |ev| new_topic.set(event_target_value(&ev))/></label>
+                    <button type="submit">"Set topic"</button>
+                </form>
+                <button class="danger" on:click=archive.clone()>"Archive room"</button>
+            </Show>
+            {not_general.then(|| view! { <button class="link leave" on:click=leave.clone()>"Leave room"</button> })}
+            <p class="note" role="status">{move || note.get()}</p>
+        </aside>
+    }
+}
+
+/// The dialogs: create a room, browse public rooms, start a direct message, switch rooms.
+#[component]
+fn Dialogs(session: Session) -> impl IntoView {
+    let navigate = leptos_router::hooks::use_navigate();
+    let error = RwSignal::new(None::<String>);
+    let query = RwSignal::new(String::new());
+    let public = RwSignal::new(Vec::<crate::protocol::RoomInfo>::new());
+    let go = {
+        let navigate = navigate.clone();
+        move |room: String| {
+            session.dialog.set(None);
+            navigate(&format!("/r/{room}"), Default::default());
+        }
+    };
+    // Opening a dialog clears what the last one left; browsing loads the public rooms.
+    Effect::new(move |_| {
+        let d = session.dialog.get();
+        error.set(None);
+        query.set(String::new());
+        if d == Some(Dialog::BrowseRooms) {
+            #[cfg(feature = "hydrate")]
+            leptos::task::spawn_local(async move {
+                match crate::client::api("GET", "/api/rooms?public=true", serde_json::Value::Null)
+                    .await
+                {
+                    Ok(v) => {
+                        if let Ok(list) = serde_json::from_value(v["rooms"].clone()) {
+                            public.set(list);
+                        }
+                    }
+                    Err(e) => error.set(Some(e)),
+                }
+            });
+        }
+    });
+    let new_name = RwSignal::new(String::new());
+    let new_topic = RwSignal::new(String::new());
+    let new_private = RwSignal::new(false);
+    let create = {
+        let go = go.clone();
+        move |ev: leptos::ev::SubmitEvent| {
+            ev.prevent_default();
+            let _body = serde_json::json!({
+                "name": new_name.get_untracked().trim(),
+                "topic": new_topic.get_untracked(),
+                "visibility": if new_private.get_untracked() { "private" } else { "public" },
+            });
+            let _go = go.clone();
+            #[cfg(feature = "hydrate")]
+            leptos::task::spawn_local(async move {
+                match crate::client::api("POST", "/api/rooms", _body).await {
+                    Ok(v) => {
+                        if let Ok(info) =
+                            serde_json::from_value::<crate::protocol::RoomInfo>(v["room"].clone())
+                        {
+                            let name = info.name.clone();
+                            session.upsert_room(info);
+                            new_name.set(String::new());
+                            new_topic.set(String::new());
+                            new_private.set(false);
+                            _go(name);
+                        }
+                    }
+                    Err(e) => error.set(Some(e)),
+                }
+            });
+        }
+    };
+    let dm = {
+        let go = go.clone();
+        move |ev: leptos::ev::SubmitEvent| {
+            ev.prevent_default();
+            let people: Vec<String> = query
+                .get_untracked()
+                .split([',', ' '])
+                .map(|s| s.trim().trim_start_matches('@').to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+            let _body = serde_json::json!({ "usernames": people });
+            let _go = go.clone();
+            #[cfg(feature = "hydrate")]
+            leptos::task::spawn_local(async move {
+                match crate::client::api("POST", "/api/dms", _body).await {
+                    Ok(v) => {
+                        if let Ok(info) =
+                            serde_json::from_value::<crate::protocol::RoomInfo>(v["room"].clone())
+                        {
+                            let name = info.name.clone();
+                            session.upsert_room(info);
+                            _go(name);
+                        }
+                    }
+                    Err(e) => error.set(Some(e)),
+                }
+            });
+        }
+    };
+    let join = {
+        let go = go.clone();
+        move |room: String| {
+            let _go = go.clone();
+            let _ = &room;
+            #[cfg(feature = "hydrate")]
+            leptos::task::spawn_local(async move {
+                match crate::client::api(
+                    "POST",
+                    &format!("/api/rooms/{room}/join"),
+                    serde_json::Value::Null,
+                )
+                .await
+                {
+                    Ok(v) => {
+                        if let Ok(info) =
+                            serde_json::from_value::<crate::protocol::RoomInfo>(v["room"].clone())
+                        {
+                            session.upsert_room(info);
+                        }
+                        _go(room);
+                    }
+                    Err(e) => error.set(Some(e)),
+                }
+            });
+        }
+    };
+    let matches = move || {
+        let q = query.get().to_lowercase();
+        session
+            .rooms
+            .get()
+            .into_iter()
+            .filter(|r| q.is_empty() || r.title.to_lowercase().contains(&q) || r.name.contains(&q))
+            .collect::<Vec<_>>()
+    };
+    let switch = {
+        let go = go.clone();
+        move |ev: leptos::ev::SubmitEvent| {
+            ev.prevent_default();
+            if let Some(r) = matches().into_iter().next() {
+                go(r.name);
+            }
+        }
+    };
+    let close = move |_| session.dialog.set(None);
+    view! {
+        <Show when=move || session.dialog.get().is_some()>
+            <div class="backdrop" on:click=close></div>
+            <div class="dialog" role="dialog" aria-modal="true" aria-labelledby="dialog-title">
+                {
+                    let create = create.clone();
+                    let dm = dm.clone();
+                    let join = join.clone();
+                    let switch = switch.clone();
+                    let go = go.clone();
+                    move || match session.dialog.get() {
+                        Some(Dialog::CreateRoom) => view! {
+                            <h2 id="dialog-title">"Create a room"</h2>
+                            <form on:submit=create.clone()>
+                                <label>"Name" <input name="name" required maxlength="64" placeholder="design-team" autofocus prop:value=move || new_name.get() on:input=move |ev| new_name.set(event_target_value(&ev))/></label>
+                                <small>"Lower-case letters, digits, - and _. It is the room's address."</small>
+                                <label>"Topic" <input name="topic" maxlength="250" prop:value=move || new_topic.get() on:input=move |ev| new_topic.set(event_target_value(&ev))/></label>
+                                <label class="check"><input type="checkbox" name="private" prop:checked=move || new_private.get() on:change=move |ev| new_private.set(event_target_checked(&ev))/> "Private: only people added by a member can see it"</label>
+                                <div class="actions">
+                                    <button type="button" on:click=close>"Cancel"</button>
+                                    <button type="submit" class="primary">"Create"</button>
+                                </div>
+                            </form>
+                        }.into_any(),
+                        Some(Dialog::BrowseRooms) => view! {
+                            <h2 id="dialog-title">"Browse rooms"</h2>
+                            <ul class="browse-list">
+                                {let join = join.clone(); let go = go.clone(); move || public.get().into_iter().map(|r| {
+                                    let name = r.name.clone();
+                                    let join = join.clone();
+                                    let go = go.clone();
+                                    let member = r.member;
+                                    view! {
+                                        <li>
+                                            <span class="room-name">"# " {r.title.clone()}</span>
+                                            <span class="topic">{r.topic.clone()}</span>
+                                            <span class="count">{format!("{} members", r.members)}</span>
+                                            {if member {
+                                                view! { <button on:click=move |_| go(name.clone())>"Open"</button> }.into_any()
+                                            } else {
+                                                view! { <button class="primary" on:click=move |_| join(name.clone())>"Join"</button> }.into_any()
+                                            }}
+                                        </li>
+                                    }
+                                }).collect_view()}
+                            </ul>
+                            <div class="actions"><button type="button" on:click=close>"Close"</button></div>
+                        }.into_any(),
+                        Some(Dialog::NewMessage) => view! {
+                            <h2 id="dialog-title">"New message"</h2>
+                            <form on:submit=dm.clone()>
+                                <label>"To" <input name="to" placeholder="usernames, separated by commas" autofocus prop:value=move || query.get() on:input=move |ev| query.set(event_target_value(&ev))/></label>
+                                <small>"Up to 7 people besides you."</small>
+                                <div class="actions">
+                                    <button type="button" on:click=close>"Cancel"</button>
+                                    <button type="submit" class="primary">"Open"</button>
+                                </div>
+                            </form>
+                        }.into_any(),
+                        Some(Dialog::Switcher) => view! {
+                            <h2 id="dialog-title">"Switch to…"</h2>
+                            <form on:submit=switch.clone()>
+                                <input name="q" aria-label="Room or person" placeholder="Room or person" autofocus prop:value=move || query.get() on:input=move |ev| query.set(event_target_value(&ev))/>
+                            </form>
+                            <ul class="switch-list">
+                                {let go = go.clone(); move || matches().into_iter().take(8).map(|r| {
+                                    let name = r.name.clone();
+                                    let go = go.clone();
+                                    view! { <li><button class="link" on:click=move |_| go(name.clone())>{r.title.clone()}</button></li> }
+                                }).collect_view()}
+                            </ul>
+                        }.into_any(),
+                        None => ().into_any(),
+                    }
+                }
+                <Show when=move || error.get().is_some()>
+                    <p class="error" role="alert">{move || error.get().unwrap_or_default()}</p>
+                </Show>
+            </div>
+        </Show>
+    }
 }

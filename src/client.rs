@@ -1,16 +1,18 @@
-//! Browser-only: the WebSocket session of the chat view. Opens `/ws` on the page's own host with
-//! the `hubbub.v1` subprotocol and resumes from the list's cursor; keeps the user's unsent messages
-//! in an outbox in localStorage (so they survive a reload) and sends them, with the same
-//! `client_id`, until acknowledged; reconnects with backoff after an unexpected close, at once when
-//! the browser comes back online or the page becomes visible; and pings the server to notice a
-//! dead connection, since browsers do not expose WebSocket pings.
+//! Browser-only: the one WebSocket of a tab, owned by the [`Session`]. Opens `/ws` on the page's
+//! own host with the `hubbub.v1` subprotocol; the `hello` resumes every room this tab holds from
+//! its cursor, and the server subscribes the socket to all the account's rooms, so badges stay
+//! live. Keeps the user's unsent messages in an outbox in localStorage per account and room (so
+//! they survive a reload) and sends them, with the same `client_id`, until acknowledged;
+//! reconnects with backoff after an unexpected close, at once when the browser comes back online
+//! or the page becomes visible; and pings the server to notice a dead connection, since browsers
+//! do not expose WebSocket pings. Frame types, event kinds and fields it does not know are
+//! ignored.
 
-use crate::app::{ChatState, Conn, Entry, Status};
-use crate::protocol::{ClientFrame, ServerFrame, SUBPROTOCOL};
+use crate::protocol::{ChatMessage, ClientFrame, RoomInfo, ServerFrame, SUBPROTOCOL};
+use crate::session::{Conn, Entry, RoomState, Session, Status};
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use wasm_bindgen::prelude::*;
 use web_sys::{CloseEvent, MessageEvent, WebSocket};
@@ -25,6 +27,8 @@ const MAX_BACKOFF: f64 = 30_000.0;
 /// Unacknowledged sends in flight at once when an outbox is resent: a long outbox goes out as
 /// acks come back, within the account's message rate, instead of in one burst.
 const SEND_WINDOW: usize = 5;
+/// Least time between two `read` reports for one room (ms).
+const READ_EVERY: f64 = 1_000.0;
 
 /// The open socket and the callbacks it holds, kept alive together.
 struct Live {
@@ -32,6 +36,31 @@ struct Live {
     _on_open: Closure<dyn FnMut()>,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_close: Closure<dyn FnMut(CloseEvent)>,
+}
+
+/// The session's connection: the socket and what the protocol keeps beside it.
+#[derive(Default)]
+pub struct Wire {
+    live: Option<Live>,
+    /// Reconnect attempts since the last successful hello.
+    attempts: u32,
+    /// Bumped by every connect, so a reconnect scheduled earlier knows it is stale.
+    generation: u64,
+    /// When a frame last came from the server, and when we last pinged (ms).
+    last_rx: f64,
+    last_ping: f64,
+    /// `client_id`s sent on this connection and not yet acknowledged.
+    in_flight: Vec<String>,
+    /// Per room, the last read position reported and when; and one waiting to go.
+    read_sent: HashMap<String, (u64, f64)>,
+    read_due: HashMap<String, u64>,
+    /// Rooms whose `joined` has not come since the hello.
+    joining: Vec<String>,
+}
+
+/// The session's wire, for a change or a look.
+fn wire<R>(session: Session, f: impl FnOnce(&mut Wire) -> R) -> Option<R> {
+    session.wire.try_update_value(f)
 }
 
 /// A message the server has not yet acknowledged, as kept in localStorage.
@@ -43,41 +72,6 @@ struct OutboxItem {
     ts: i64,
     #[serde(default)]
     failed: Option<String>,
-}
-
-thread_local! {
-    static SOCKET: RefCell<Option<Live>> = const { RefCell::new(None) };
-    /// Reconnect attempts since the last successful join.
-    static ATTEMPTS: Cell<u32> = const { Cell::new(0) };
-    /// Bumped by every connect, so a reconnect scheduled earlier knows it is stale.
-    static GENERATION: Cell<u64> = const { Cell::new(0) };
-    /// When a frame last came from the server, and when we last pinged (ms).
-    static LAST_RX: Cell<f64> = const { Cell::new(0.0) };
-    static LAST_PING: Cell<f64> = const { Cell::new(0.0) };
-    /// Messages replayed since the hello, and the first one's seq, for the divider.
-    static REPLAY: Cell<Option<(u64, usize)>> = const { Cell::new(None) };
-    /// `client_id`s sent on this connection and not yet acknowledged.
-    static IN_FLIGHT: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Sends pending messages, oldest first, until [`SEND_WINDOW`] are in flight.
-fn send_more(st: ChatState) {
-    if st.conn.get_untracked() != Conn::Connected {
-        return;
-    }
-    for e in st.pending() {
-        let (sent, full) = IN_FLIGHT.with(|f| {
-            let f = f.borrow();
-            (f.contains(&e.client_id), f.len() >= SEND_WINDOW)
-        });
-        if sent {
-            continue;
-        }
-        if full || !send_entry(st, &e) {
-            return;
-        }
-        IN_FLIGHT.with(|f| f.borrow_mut().push(e.client_id.clone()));
-    }
 }
 
 fn now() -> f64 {
@@ -100,21 +94,20 @@ pub fn save_name(name: &str) {
 
 /// The outbox of this account in this room: keyed by user, so a shared browser never sends one
 /// account's unsent messages as another's.
-fn outbox_key(st: ChatState) -> String {
+fn outbox_key(session: Session, st: RoomState) -> String {
     format!(
         "hubbub.outbox.{}.{}",
-        st.owner.get_value(),
+        session.owner.get_value(),
         st.room.get_value()
     )
 }
 
-/// Forgets this account's unsent messages (at log-out), and any outbox of an earlier version that
-/// was kept without an owner.
-pub fn forget_outbox(st: ChatState) {
+/// Forgets this account's unsent messages (at log-out).
+pub fn forget_outbox(session: Session) {
     let Some(storage) = local_storage() else {
         return;
     };
-    let prefix = format!("hubbub.outbox.{}.", st.owner.get_value());
+    let prefix = format!("hubbub.outbox.{}.", session.owner.get_value());
     let keys: Vec<String> = (0..storage.length().unwrap_or(0))
         .filter_map(|i| storage.key(i).ok().flatten())
         .filter(|k| k.starts_with(&prefix))
@@ -124,13 +117,13 @@ pub fn forget_outbox(st: ChatState) {
     }
 }
 
-/// Writes every unacknowledged message of the list to localStorage.
-fn save_outbox(st: ChatState) {
+/// Writes the room's unacknowledged messages to localStorage.
+fn save_outbox(session: Session, st: RoomState) {
     let items: Vec<OutboxItem> = st
         .messages
         .get_untracked()
         .into_iter()
-        .filter(|e| matches!(e.status, Status::Pending | Status::Failed))
+        .filter(|e| e.seq.is_none() && matches!(e.status, Status::Pending | Status::Failed))
         .map(|e| OutboxItem {
             client_id: e.client_id,
             user: e.user,
@@ -140,7 +133,7 @@ fn save_outbox(st: ChatState) {
         })
         .collect();
     if let (Some(s), Ok(json)) = (local_storage(), serde_json::to_string(&items)) {
-        let key = outbox_key(st);
+        let key = outbox_key(session, st);
         let _ = if items.is_empty() {
             s.remove_item(&key)
         } else {
@@ -149,14 +142,10 @@ fn save_outbox(st: ChatState) {
     }
 }
 
-/// Puts the outbox left by an earlier page back into the list, as pending or failed.
-fn restore_outbox(st: ChatState) {
-    // An outbox of an earlier version was kept by room only: whose it was cannot be known, so it
-    // is not sent as this account's.
-    if let Some(storage) = local_storage() {
-        let _ = storage.remove_item(&format!("hubbub.outbox.{}", st.room.get_value()));
-    }
-    let Some(json) = local_storage().and_then(|s| s.get_item(&outbox_key(st)).ok().flatten())
+/// Puts the outbox an earlier page left for this room back into its list, as pending or failed.
+pub fn restore_outbox(session: Session, st: RoomState) {
+    let Some(json) =
+        local_storage().and_then(|s| s.get_item(&outbox_key(session, st)).ok().flatten())
     else {
         return;
     };
@@ -169,27 +158,25 @@ fn restore_outbox(st: ChatState) {
             if list.iter().any(|e| e.client_id == item.client_id) {
                 continue;
             }
-            list.push(Entry {
-                client_id: item.client_id,
-                seq: None,
-                user: item.user,
-                body: item.body,
-                ts: item.ts,
-                status: if item.failed.is_some() {
-                    Status::Failed
-                } else {
-                    Status::Pending
-                },
-                error: item.failed,
-            });
+            let mut e = Entry::pending(item.client_id, item.user, item.body, item.ts);
+            if item.failed.is_some() {
+                e.status = Status::Failed;
+                e.error = item.failed;
+            }
+            list.push(e);
         }
     });
-    // Forget what was found stored.
-    save_outbox(st);
+    save_outbox(session, st);
 }
 
 fn online() -> bool {
     web_sys::window().is_none_or(|w| w.navigator().on_line())
+}
+
+fn visible() -> bool {
+    web_sys::window()
+        .and_then(|w| w.document())
+        .is_none_or(|d| d.visibility_state() == web_sys::VisibilityState::Visible)
 }
 
 fn socket_url() -> Option<String> {
@@ -202,16 +189,17 @@ fn socket_url() -> Option<String> {
     Some(format!("{scheme}//{}/ws", location.host().ok()?))
 }
 
-fn send_frame(frame: &ClientFrame) -> bool {
+fn send_frame(session: Session, frame: &ClientFrame) -> bool {
     let Ok(text) = serde_json::to_string(frame) else {
         return false;
     };
-    SOCKET.with(|s| match s.borrow().as_ref() {
+    wire(session, |w| match &w.live {
         Some(live) if live.ws.ready_state() == WebSocket::OPEN => {
             live.ws.send_with_str(&text).is_ok()
         }
         _ => false,
     })
+    .unwrap_or(false)
 }
 
 fn listen(target: &web_sys::EventTarget, event: &str, f: impl FnMut() + 'static) {
@@ -221,89 +209,106 @@ fn listen(target: &web_sys::EventTarget, event: &str, f: impl FnMut() + 'static)
     cb.forget();
 }
 
-/// Starts the session once, after hydration: restores the outbox, connects, and wires the
+/// Starts the session once, after hydration: restores the outboxes, connects, and wires the
 /// browser's online/offline/visibility events and the heartbeat clock.
-pub fn start(st: ChatState) {
-    restore_outbox(st);
-    st.now.set(now());
+pub fn start(session: Session) {
+    for st in session.states() {
+        restore_outbox(session, st);
+    }
+    session.now.set(now());
     if let Some(window) = web_sys::window() {
         listen(&window, "online", move || {
-            if st.want_connected.get_untracked() {
-                connect(st);
+            if session.want_connected.get_untracked() {
+                connect(session);
             }
         });
         listen(&window, "offline", move || {
-            if st.want_connected.get_untracked() {
-                drop_socket(1000);
-                st.conn.set(Conn::Offline);
-                st.retry_at.set(None);
+            if session.want_connected.get_untracked() {
+                drop_socket(session, 1000);
+                session.conn.set(Conn::Offline);
+                session.retry_at.set(None);
             }
         });
+        listen(&window, "focus", move || seen(session));
         if let Some(document) = window.document() {
-            let doc = document.clone();
             listen(&document, "visibilitychange", move || {
-                let visible = doc.visibility_state() == web_sys::VisibilityState::Visible;
-                if visible
-                    && st.want_connected.get_untracked()
-                    && matches!(st.conn.get_untracked(), Conn::Reconnecting | Conn::Offline)
+                if visible()
+                    && session.want_connected.get_untracked()
+                    && matches!(
+                        session.conn.get_untracked(),
+                        Conn::Reconnecting | Conn::Offline
+                    )
                 {
-                    connect(st);
+                    connect(session);
                 }
+                seen(session);
             });
         }
     }
-    set_interval(move || tick(st), Duration::from_secs(1));
-    connect(st);
+    set_interval(move || tick(session), Duration::from_secs(1));
+    connect(session);
 }
 
-/// Each second: advance the clock, ping a quiet server, give up on a silent one.
-fn tick(st: ChatState) {
+/// Each second: advance the clock, send a due read report, ping a quiet server, give up on a
+/// silent one.
+fn tick(session: Session) {
     let t = now();
-    st.now.set(t);
-    if st.conn.get_untracked() != Conn::Connected {
+    session.now.set(t);
+    if session.conn.get_untracked() != Conn::Connected {
         return;
     }
-    let quiet = t - LAST_RX.get();
+    flush_reads(session);
+    let (quiet, since_ping) =
+        wire(session, |w| (t - w.last_rx, t - w.last_ping)).unwrap_or_default();
     if quiet > DEAD_AFTER {
         leptos::logging::warn!("no word from the server for {quiet} ms: reconnecting");
-        drop_socket(4000);
-        st.conn.set(Conn::Reconnecting);
-        schedule_reconnect(st);
-    } else if quiet > PING_AFTER && t - LAST_PING.get() > PING_AFTER {
-        LAST_PING.set(t);
-        send_frame(&ClientFrame::Ping { nonce: None });
+        drop_socket(session, 4000);
+        session.conn.set(Conn::Reconnecting);
+        schedule_reconnect(session);
+    } else if quiet > PING_AFTER && since_ping > PING_AFTER {
+        wire(session, |w| w.last_ping = t);
+        send_frame(session, &ClientFrame::Ping { nonce: None });
     }
 }
 
-/// Opens the socket (closing any previous one) and resumes the room from the list's cursor.
-pub fn connect(st: ChatState) {
-    st.want_connected.set(true);
-    GENERATION.set(GENERATION.get() + 1);
-    drop_socket(1000);
-    st.retry_at.set(None);
+/// Opens the socket (closing any previous one) and resumes every room held here.
+pub fn connect(session: Session) {
+    session.want_connected.set(true);
+    wire(session, |w| w.generation += 1);
+    drop_socket(session, 1000);
+    session.retry_at.set(None);
     if !online() {
-        st.conn.set(Conn::Offline);
+        session.conn.set(Conn::Offline);
         return;
     }
     let Some(url) = socket_url() else { return };
     let ws = match WebSocket::new_with_str(&url, SUBPROTOCOL) {
         Ok(ws) => ws,
         Err(_) => {
-            st.conn.set(Conn::Reconnecting);
-            schedule_reconnect(st);
+            session.conn.set(Conn::Reconnecting);
+            schedule_reconnect(session);
             return;
         }
     };
-    st.conn.set(Conn::Connecting);
+    session.conn.set(Conn::Connecting);
 
     let on_open = {
         let ws = ws.clone();
         Closure::<dyn FnMut()>::new(move || {
-            LAST_RX.set(now());
-            REPLAY.set(None);
             let mut resume = BTreeMap::new();
-            resume.insert(st.room.get_value(), st.last_seq.get_untracked());
-            let name = st.name.get_untracked();
+            for st in session.states() {
+                st.replay.set_value(None);
+                if st.loaded.get_untracked() {
+                    resume.insert(st.name(), st.last_seq.get_untracked());
+                }
+            }
+            wire(session, |w| {
+                w.last_rx = now();
+                w.joining = resume.keys().cloned().collect();
+                // Nothing sent on an earlier socket counts as in flight on this one.
+                w.in_flight.clear();
+            });
+            let name = session.name.get_untracked();
             let hello = ClientFrame::Hello {
                 resume,
                 user: Some(name).filter(|n| !n.trim().is_empty()),
@@ -314,43 +319,45 @@ pub fn connect(st: ChatState) {
         })
     };
     let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
-        LAST_RX.set(now());
+        wire(session, |w| w.last_rx = now());
         let Some(text) = ev.data().as_string() else {
             return;
         };
         match serde_json::from_str::<ServerFrame>(&text) {
-            Ok(frame) => on_frame(st, frame),
-            Err(e) => leptos::logging::warn!("unreadable frame from server: {e}"),
+            Ok(frame) => on_frame(session, frame),
+            // A frame type this build does not know: the protocol grew; skip it.
+            Err(e) => leptos::logging::warn!("skipping a frame this client cannot read: {e}"),
         }
     });
     let on_close = {
         let ws = ws.clone();
         Closure::<dyn FnMut(CloseEvent)>::new(move |ev: CloseEvent| {
             // Ignore the close of a socket that was already replaced.
-            let current = SOCKET.with(|s| s.borrow().as_ref().is_some_and(|l| l.ws == ws));
+            let current =
+                wire(session, |w| w.live.as_ref().is_some_and(|l| l.ws == ws)).unwrap_or(false);
             if !current {
                 return;
             }
-            SOCKET.with(|s| s.borrow_mut().take());
+            wire(session, |w| w.live.take());
             leptos::logging::log!("socket closed: {} {}", ev.code(), ev.reason());
             if ev.code() == crate::protocol::close::REVOKED {
-                st.want_connected.set(false);
-                st.conn.set(Conn::SignedOut);
-            } else if !st.want_connected.get_untracked() {
-                st.conn.set(Conn::Disconnected);
+                session.want_connected.set(false);
+                session.conn.set(Conn::SignedOut);
+            } else if !session.want_connected.get_untracked() {
+                session.conn.set(Conn::Disconnected);
             } else if !online() {
-                st.conn.set(Conn::Offline);
+                session.conn.set(Conn::Offline);
             } else {
-                st.conn.set(Conn::Reconnecting);
-                schedule_reconnect(st);
+                session.conn.set(Conn::Reconnecting);
+                schedule_reconnect(session);
             }
         })
     };
     ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
     ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
     ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-    SOCKET.with(|s| {
-        *s.borrow_mut() = Some(Live {
+    wire(session, |w| {
+        w.live = Some(Live {
             ws,
             _on_open: on_open,
             _on_message: on_message,
@@ -359,8 +366,8 @@ pub fn connect(st: ChatState) {
     });
 }
 
-fn drop_socket(code: u16) {
-    if let Some(live) = SOCKET.with(|s| s.borrow_mut().take()) {
+fn drop_socket(session: Session, code: u16) {
+    if let Some(live) = wire(session, |w| w.live.take()).flatten() {
         live.ws.set_onopen(None);
         live.ws.set_onmessage(None);
         live.ws.set_onclose(None);
@@ -369,114 +376,222 @@ fn drop_socket(code: u16) {
 }
 
 /// Closes the socket on the user's request; no automatic reconnect follows.
-pub fn disconnect(st: ChatState) {
-    st.want_connected.set(false);
-    GENERATION.set(GENERATION.get() + 1);
-    drop_socket(1000);
-    st.retry_at.set(None);
-    st.conn.set(Conn::Disconnected);
+pub fn disconnect(session: Session) {
+    session.want_connected.set(false);
+    wire(session, |w| w.generation += 1);
+    drop_socket(session, 1000);
+    session.retry_at.set(None);
+    session.conn.set(Conn::Disconnected);
 }
 
 /// Exponential backoff with full jitter: the first try within a second, then up to 2, 4, … 30 s.
-fn schedule_reconnect(st: ChatState) {
-    let attempt = ATTEMPTS.get().saturating_add(1);
-    ATTEMPTS.set(attempt);
+fn schedule_reconnect(session: Session) {
+    let (attempt, generation) = wire(session, |w| {
+        w.attempts = w.attempts.saturating_add(1);
+        (w.attempts, w.generation)
+    })
+    .unwrap_or_default();
     let ceiling = (1000.0 * 2f64.powi(attempt.min(16) as i32 - 1)).min(MAX_BACKOFF);
     let delay = js_sys::Math::random() * ceiling;
-    st.retry_at.set(Some(now() + delay));
-    let generation = GENERATION.get();
+    session.retry_at.set(Some(now() + delay));
     set_timeout(
         move || {
-            if GENERATION.get() == generation
-                && st.want_connected.get_untracked()
-                && st.conn.get_untracked() == Conn::Reconnecting
+            if wire(session, |w| w.generation) == Some(generation)
+                && session.want_connected.get_untracked()
+                && session.conn.get_untracked() == Conn::Reconnecting
             {
-                connect(st);
+                connect(session);
             }
         },
         Duration::from_millis(delay as u64),
     );
 }
 
-fn on_frame(st: ChatState, frame: ServerFrame) {
+/// Whether this message is the user's own (not unread to them).
+fn mine(session: Session, m: &ChatMessage) -> bool {
+    match (&m.username, session.username.get_value()) {
+        (Some(a), Some(b)) => *a == b,
+        _ => false,
+    }
+}
+
+fn on_frame(session: Session, frame: ServerFrame) {
     match frame {
-        ServerFrame::Welcome { .. } => {}
-        ServerFrame::Joined { .. } => {
-            ATTEMPTS.set(0);
-            st.conn.set(Conn::Connected);
-            st.last_error.set(None);
-            if let Some((first, n)) = REPLAY.take() {
-                st.divider.set(Some((first, n)));
-            }
-            // Anything typed while offline or not yet acknowledged goes (again) with its
-            // client_id, a window at a time: each ack sends the next.
-            IN_FLIGHT.with(|f| f.borrow_mut().clear());
-            send_more(st);
-        }
-        ServerFrame::Message(m) => {
-            let seq = m.seq;
-            let mine = st.messages.with_untracked(|l| {
-                l.iter()
-                    .any(|e| e.seq.is_none() && e.client_id == m.client_id)
-            });
-            if st.receive(m) {
-                if st.conn.get_untracked() != Conn::Connected {
-                    // Still replaying what was missed.
-                    let (first, n) = REPLAY.get().unwrap_or((seq, 0));
-                    REPLAY.set(Some((first, n + 1)));
+        ServerFrame::Welcome { rooms, .. } => {
+            // The server's view of the account's rooms is the truth now.
+            let open: Vec<RoomInfo> = rooms;
+            session.rooms.set(open);
+            wire(session, |w| w.attempts = 0);
+            session.conn.set(Conn::Connected);
+            session.last_error.set(None);
+            // Rooms not resumed (none held here) are live from their head: sends can go.
+            for st in session.states() {
+                if !st.loaded.get_untracked() {
+                    continue;
                 }
-                if mine {
-                    save_outbox(st);
-                }
+                send_more(session, st);
             }
         }
-        ServerFrame::Ack { client_id, .. } => {
-            st.acked(&client_id);
-            save_outbox(st);
-            IN_FLIGHT.with(|f| f.borrow_mut().retain(|c| *c != client_id));
-            send_more(st);
+        ServerFrame::Joined { room, .. } => {
+            wire(session, |w| w.joining.retain(|r| *r != room));
+            if let Some(st) = session.loaded_state(&room) {
+                if let Some((first, n)) = st.replay.get_value().filter(|(_, n)| *n > 0) {
+                    // A catch-up after a reconnect: mark where it began.
+                    let _ = (first, n);
+                    if st.divider.get_untracked().is_none() {
+                        st.divider.set(Some(first.saturating_sub(1)));
+                    }
+                }
+                st.replay.set_value(None);
+                // Anything typed while offline or not yet acknowledged goes (again) with its
+                // client_id, a window at a time: each ack sends the next.
+                send_more(session, st);
+                seen(session);
+            }
         }
-        ServerFrame::HistoryGap { .. } => {
-            // The server cannot replay from our cursor: start over from the page's history.
-            if let Some(w) = web_sys::window() {
-                let _ = w.location().reload();
+        ServerFrame::Message(m) => on_event(session, m),
+        ServerFrame::Ack {
+            client_id, room, ..
+        } => {
+            wire(session, |w| w.in_flight.retain(|c| *c != client_id));
+            if let Some(st) = session.loaded_state(&room) {
+                st.acked(&client_id);
+                save_outbox(session, st);
+                send_more(session, st);
+            }
+        }
+        ServerFrame::Room { room } => session.upsert_room(room),
+        ServerFrame::Left { room } => {
+            session.remove_room(&room);
+            if session.current.get_untracked() == room {
+                session
+                    .last_error
+                    .set(Some("You are no longer a member of this room.".to_owned()));
+            }
+        }
+        ServerFrame::Read { room, seq, unread } => session.read_up_to(&room, seq, unread),
+        ServerFrame::HistoryGap { room, .. } => {
+            // The server cannot replay from our cursor: load the room's newest page afresh.
+            if let Some(st) = session.loaded_state(&room) {
+                st.messages.update(|l| l.retain(|e| e.seq.is_none()));
+                st.last_seq.set(0);
+                st.loaded.set(false);
+                load_room(session, st);
             }
         }
         ServerFrame::Error {
             message, reference, ..
-        } => {
-            if let Some(r) = &reference {
-                IN_FLIGHT.with(|f| f.borrow_mut().retain(|c| c != r));
-            }
-            let failed = reference.is_some_and(|r| {
-                let mut hit = false;
-                st.messages.update(|l| {
-                    for e in l.iter_mut().filter(|e| e.client_id == r && e.seq.is_none()) {
-                        e.status = Status::Failed;
-                        e.error = Some(message.clone());
-                        hit = true;
-                    }
-                });
-                hit
-            });
-            if failed {
-                save_outbox(st);
-                send_more(st);
-            } else {
-                st.last_error.set(Some(message));
-            }
-        }
+        } => on_error(session, message, reference),
         ServerFrame::Pong { .. } => {}
     }
 }
 
-fn send_entry(st: ChatState, e: &Entry) -> bool {
-    send_frame(&ClientFrame::Send {
-        room: st.room.get_value(),
-        client_id: e.client_id.clone(),
-        body: e.body.clone(),
-        user: Some(e.user.clone()),
-    })
+/// An event of a room's stream: into the room's list if this tab holds it, into the sidebar's
+/// counts and the screen reader's live region either way.
+fn on_event(session: Session, m: ChatMessage) {
+    session.apply_event(&m);
+    let room = m.room.clone();
+    let is_message = m.is_message();
+    let own = mine(session, &m);
+    let announce = format!("{}: {}", m.user, m.body);
+    // What a resume replays was counted in the welcome's unread numbers already.
+    let replaying = wire(session, |w| w.joining.contains(&room)).unwrap_or(false);
+    let fresh = match session.loaded_state(&room) {
+        Some(st) => {
+            let seq = m.seq;
+            let pending_mine = st.messages.with_untracked(|l| {
+                l.iter()
+                    .any(|e| e.seq.is_none() && e.client_id == m.client_id)
+            });
+            let fresh = st.receive(m);
+            if fresh {
+                if replaying {
+                    let (first, n) = st.replay.get_value().unwrap_or((seq, 0));
+                    st.replay.set_value(Some((first, n + 1)));
+                }
+                if pending_mine {
+                    save_outbox(session, st);
+                }
+            }
+            fresh
+        }
+        None => true,
+    };
+    if !fresh || !is_message || own {
+        return;
+    }
+    let viewing = session.current.get_untracked() == room
+        && visible()
+        && session
+            .loaded_state(&room)
+            .is_some_and(|st| st.at_bottom.get_untracked());
+    if viewing {
+        seen(session);
+    } else if !replaying {
+        session.count_unread(&room);
+    }
+    if session.current.get_untracked() == room {
+        session.announce.set(announce);
+    }
+}
+
+fn on_error(session: Session, message: String, reference: Option<String>) {
+    if let Some(r) = &reference {
+        wire(session, |w| w.in_flight.retain(|c| c != r));
+    }
+    let Some(r) = reference else {
+        session.last_error.set(Some(message));
+        return;
+    };
+    for st in session.states() {
+        let mut hit = false;
+        st.messages.update(|l| {
+            for e in l.iter_mut().filter(|e| e.client_id == r && e.seq.is_none()) {
+                e.status = Status::Failed;
+                e.error = Some(message.clone());
+                hit = true;
+            }
+        });
+        if hit {
+            save_outbox(session, st);
+            send_more(session, st);
+            return;
+        }
+    }
+    session.last_error.set(Some(message));
+}
+
+/// Sends the room's pending messages, oldest first, until [`SEND_WINDOW`] are in flight.
+fn send_more(session: Session, st: RoomState) {
+    if session.conn.get_untracked() != Conn::Connected {
+        return;
+    }
+    let room = st.name();
+    if wire(session, |w| w.joining.contains(&room)).unwrap_or(false) {
+        return;
+    }
+    for e in st.pending() {
+        let (sent, full) = wire(session, |w| {
+            (
+                w.in_flight.contains(&e.client_id),
+                w.in_flight.len() >= SEND_WINDOW,
+            )
+        })
+        .unwrap_or((false, true));
+        if sent {
+            continue;
+        }
+        let frame = ClientFrame::Send {
+            room: room.clone(),
+            client_id: e.client_id.clone(),
+            body: e.body.clone(),
+            user: Some(e.user.clone()),
+        };
+        if full || !send_frame(session, &frame) {
+            return;
+        }
+        wire(session, |w| w.in_flight.push(e.client_id.clone()));
+    }
 }
 
 fn new_client_id() -> String {
@@ -487,52 +602,172 @@ fn new_client_id() -> String {
 }
 
 /// Shows the message as pending at once, keeps it in the outbox, and sends it if connected.
-pub fn send(st: ChatState, body: String) {
-    let name = st.name.get_untracked();
-    let entry = Entry {
-        client_id: new_client_id(),
-        seq: None,
-        user: if name.trim().is_empty() {
-            "anonymous".to_owned()
-        } else {
-            name.trim().to_owned()
-        },
-        body,
-        ts: now() as i64,
-        status: Status::Pending,
-        error: None,
+pub fn send(session: Session, st: RoomState, body: String) {
+    let name = session.name.get_untracked();
+    let user = if name.trim().is_empty() {
+        "anonymous".to_owned()
+    } else {
+        name.trim().to_owned()
     };
+    let entry = Entry::pending(new_client_id(), user, body, now() as i64);
     st.messages.update(|l| l.push(entry));
-    save_outbox(st);
-    send_more(st);
+    save_outbox(session, st);
+    send_more(session, st);
 }
 
 /// Sends a failed message again, with the same `client_id`.
-pub fn retry(st: ChatState, client_id: &str) {
-    let mut again = None;
+pub fn retry(session: Session, st: RoomState, client_id: &str) {
+    let mut again = false;
     st.messages.update(|l| {
         if let Some(e) = l.iter_mut().find(|e| e.client_id == client_id) {
             e.status = Status::Pending;
             e.error = None;
-            again = Some(e.clone());
+            again = true;
         }
     });
-    save_outbox(st);
-    if again.is_some() {
-        IN_FLIGHT.with(|f| f.borrow_mut().retain(|c| c != client_id));
-        send_more(st);
+    save_outbox(session, st);
+    if again {
+        wire(session, |w| w.in_flight.retain(|c| c != client_id));
+        send_more(session, st);
     }
 }
 
 /// Drops a failed message for good.
-pub fn discard(st: ChatState, client_id: &str) {
+pub fn discard(session: Session, st: RoomState, client_id: &str) {
     st.messages
         .update(|l| l.retain(|e| !(e.client_id == client_id && e.seq.is_none())));
-    save_outbox(st);
+    save_outbox(session, st);
+}
+
+/// The reader is looking at the current room, scrolled to its end: report it read (throttled;
+/// what is due goes with the next tick).
+pub fn seen(session: Session) {
+    if !visible() {
+        return;
+    }
+    let room = session.current.get_untracked();
+    let Some(st) = session.loaded_state(&room) else {
+        return;
+    };
+    if !st.at_bottom.get_untracked() || session.info(&room).is_none() {
+        return;
+    }
+    let seq = st.last_seq.get_untracked();
+    if session
+        .info(&room)
+        .is_some_and(|i| i.unread == 0 && i.last_read >= seq)
+    {
+        return;
+    }
+    wire(session, |w| {
+        w.read_due.insert(room, seq);
+    });
+    flush_reads(session);
+}
+
+/// Sends the read reports that are due and not too soon after the last one for their room.
+fn flush_reads(session: Session) {
+    let t = now();
+    let due: Vec<(String, u64)> = wire(session, |w| {
+        let ready: Vec<(String, u64)> = w
+            .read_due
+            .iter()
+            .filter(|(room, seq)| {
+                w.read_sent
+                    .get(*room)
+                    .is_none_or(|(sent, at)| *sent < **seq && t - at >= READ_EVERY)
+            })
+            .map(|(r, s)| (r.clone(), *s))
+            .collect();
+        for (room, _) in &ready {
+            w.read_due.remove(room);
+        }
+        ready
+    })
+    .unwrap_or_default();
+    for (room, seq) in due {
+        if send_frame(
+            session,
+            &ClientFrame::Read {
+                room: room.clone(),
+                seq,
+            },
+        ) {
+            wire(session, |w| {
+                w.read_sent.insert(room, (seq, t));
+            });
+        } else {
+            wire(session, |w| {
+                w.read_due.insert(room, seq);
+            });
+        }
+    }
+}
+
+/// Opens a room in this tab: its state, its history over HTTP if not loaded yet, and a
+/// subscription for a public room the account is not in (a preview).
+pub fn open_room(session: Session, room: &str) -> RoomState {
+    let st = session.state(room);
+    if !st.loaded.get_untracked() {
+        if let Some(info) = session.info(room) {
+            session.place_divider(st, &info);
+        }
+        restore_outbox(session, st);
+        load_room(session, st);
+    }
+    st
+}
+
+/// Reads the newest page of a room over HTTP into its state.
+fn load_room(session: Session, st: RoomState) {
+    let room = st.name();
+    let url = format!(
+        "/api/rooms/{room}/messages?limit={}",
+        crate::protocol::PAGE_HISTORY
+    );
+    leptos::task::spawn_local(async move {
+        #[derive(Deserialize)]
+        struct Page {
+            head: u64,
+            messages: Vec<ChatMessage>,
+        }
+        let page = async {
+            let resp = gloo_net::http::Request::get(&url).send().await?;
+            if !resp.ok() {
+                return Ok(None);
+            }
+            resp.json::<Page>().await.map(Some)
+        };
+        match page.await {
+            Ok(Some(p)) => {
+                st.load(p.head, p.messages);
+                // Follow it live: a room the account is in is followed already; a public room
+                // is followed from the page's head (a preview).
+                if session.info(&room).is_none() {
+                    send_frame(
+                        session,
+                        &ClientFrame::Join {
+                            room: room.clone(),
+                            after: Some(p.head),
+                        },
+                    );
+                }
+                send_more(session, st);
+                seen(session);
+            }
+            Ok(None) => {
+                st.loaded.set(true);
+                st.missing.set(true);
+            }
+            Err(e) => session
+                .last_error
+                .set(Some(format!("could not load the room: {e}"))),
+        }
+    });
 }
 
 /// Fetches the page of history before the oldest shown message.
-pub fn load_older(st: ChatState) {
+pub fn load_older(session: Session, st: RoomState) {
     let oldest = st
         .messages
         .get_untracked()
@@ -541,13 +776,13 @@ pub fn load_older(st: ChatState) {
         .unwrap_or(1);
     let url = format!(
         "/api/rooms/{}/messages?before={oldest}&limit={}",
-        st.room.get_value(),
+        st.name(),
         crate::protocol::PAGE_HISTORY
     );
     leptos::task::spawn_local(async move {
         #[derive(Deserialize)]
         struct Page {
-            messages: Vec<crate::protocol::ChatMessage>,
+            messages: Vec<ChatMessage>,
         }
         let page = async {
             gloo_net::http::Request::get(&url)
@@ -558,9 +793,41 @@ pub fn load_older(st: ChatState) {
         };
         match page.await {
             Ok(p) => st.prepend(p.messages),
-            Err(e) => st
+            Err(e) => session
                 .last_error
                 .set(Some(format!("could not load older messages: {e}"))),
         }
     });
+}
+
+/// A JSON request to the API with the page's cookie (the browser adds the Origin); the answer's
+/// body, or the server's error message.
+pub async fn api(
+    method: &str,
+    url: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let req = match method {
+        "PATCH" => gloo_net::http::Request::patch(url),
+        "PUT" => gloo_net::http::Request::put(url),
+        "DELETE" => gloo_net::http::Request::delete(url),
+        "GET" => gloo_net::http::Request::get(url),
+        _ => gloo_net::http::Request::post(url),
+    };
+    let resp = if method == "GET" || method == "DELETE" {
+        req.send().await
+    } else {
+        req.json(&body).map_err(|e| e.to_string())?.send().await
+    }
+    .map_err(|e| e.to_string())?;
+    let ok = resp.ok();
+    let value: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+    if ok {
+        Ok(value)
+    } else {
+        Err(value["error"]["message"]
+            .as_str()
+            .unwrap_or("the server refused")
+            .to_owned())
+    }
 }

@@ -2,11 +2,14 @@
 //! storage, HTTP API, server-rendered pages); with `hydrate` it is the WASM client that hydrates
 //! those pages and talks to the hub over a WebSocket.
 
+#![recursion_limit = "256"]
+
 pub mod app;
 pub mod protocol;
+pub mod session;
 
 #[cfg(feature = "hydrate")]
-mod client;
+pub mod client;
 
 #[cfg(feature = "ssr")]
 pub mod server;

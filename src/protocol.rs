@@ -51,7 +51,89 @@ pub mod close {
     pub const HEARTBEAT_TIMEOUT: u16 = 4002;
 }
 
-/// A stored chat message as it travels on the wire and renders in the page.
+/// What an event in a room's seq stream records. A client ignores kinds it does not know (they
+/// parse as [`EventKind::Other`]): the stream can gain kinds without breaking deployed clients.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A chat message: `body` is its text.
+    #[default]
+    Message,
+    /// The room was made; the author is its creator.
+    RoomCreated,
+    /// `member` joined (the author is the member).
+    MemberJoined,
+    /// `member` left.
+    MemberLeft,
+    /// The author added `member` to the room.
+    MemberInvited,
+    /// The author removed `member` from the room.
+    MemberRemoved,
+    /// The room's title is now `body`.
+    RoomRenamed,
+    /// The room's topic is now `body`.
+    TopicChanged,
+    /// The room is archived: read-only from this event on.
+    RoomArchived,
+    /// A kind this build does not know.
+    #[serde(other)]
+    Other,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Message => "message",
+            EventKind::RoomCreated => "room_created",
+            EventKind::MemberJoined => "member_joined",
+            EventKind::MemberLeft => "member_left",
+            EventKind::MemberInvited => "member_invited",
+            EventKind::MemberRemoved => "member_removed",
+            EventKind::RoomRenamed => "room_renamed",
+            EventKind::TopicChanged => "topic_changed",
+            EventKind::RoomArchived => "room_archived",
+            EventKind::Other => "other",
+        }
+    }
+
+    /// The kind stored under `s` (an unknown one is [`EventKind::Other`]).
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "message" => EventKind::Message,
+            "room_created" => EventKind::RoomCreated,
+            "member_joined" => EventKind::MemberJoined,
+            "member_left" => EventKind::MemberLeft,
+            "member_invited" => EventKind::MemberInvited,
+            "member_removed" => EventKind::MemberRemoved,
+            "room_renamed" => EventKind::RoomRenamed,
+            "topic_changed" => EventKind::TopicChanged,
+            "room_archived" => EventKind::RoomArchived,
+            _ => EventKind::Other,
+        }
+    }
+
+    /// Whether the event adds its `member` to the room.
+    pub fn adds_member(self) -> bool {
+        matches!(self, EventKind::MemberJoined | EventKind::MemberInvited)
+    }
+
+    /// Whether the event takes its `member` out of the room.
+    pub fn removes_member(self) -> bool {
+        matches!(self, EventKind::MemberLeft | EventKind::MemberRemoved)
+    }
+}
+
+fn is_message(k: &EventKind) -> bool {
+    *k == EventKind::Message
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// One event of a room's seq stream as it travels on the wire (the `message` frame) and renders
+/// in the page. Most are chat messages; `kind` says otherwise. Fields a client does not know are
+/// ignored, so events can grow.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub room: String,
@@ -61,10 +143,95 @@ pub struct ChatMessage {
     pub id: i64,
     /// The sender's idempotency key; a resend with the same key returns this message.
     pub client_id: String,
+    #[serde(default, skip_serializing_if = "is_message")]
+    pub kind: EventKind,
+    /// The author's display name at the time.
     pub user: String,
+    /// The author's account id; absent for guests and for messages older than accounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<i64>,
+    /// The author's username: the handle that tells two people with one display name apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The author had no account (anonymous mode).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub guest: bool,
+    /// For a message, its text; for a rename or topic change, the new title or topic.
     pub body: String,
+    /// For a membership event, the username of the member it is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
     /// Milliseconds since the Unix epoch, set by the server when it stored the message.
     pub ts: i64,
+}
+
+impl ChatMessage {
+    /// Whether this is a chat message (the only kind classic clients see and unread counts).
+    pub fn is_message(&self) -> bool {
+        self.kind == EventKind::Message
+    }
+}
+
+/// `room` for a chat room, `dm` for a direct conversation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomKind {
+    #[default]
+    Room,
+    Dm,
+}
+
+/// Who may find and join a room: anyone with an account, or only whom its members invite.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    #[default]
+    Public,
+    Private,
+}
+
+/// A room as its members (and, for public rooms, anyone browsing) see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInfo {
+    /// The room's address: in `/r/NAME`, the API and the protocol. It never changes.
+    pub name: String,
+    /// What people see; the owner may change it. For a DM, the other members' names.
+    pub title: String,
+    #[serde(default)]
+    pub topic: String,
+    #[serde(default)]
+    pub kind: RoomKind,
+    #[serde(default)]
+    pub visibility: Visibility,
+    /// How many members it has.
+    #[serde(default)]
+    pub members: u64,
+    /// The room's last seq.
+    #[serde(default)]
+    pub head: u64,
+    /// The username of the room's owner, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub archived: bool,
+    /// Whether the caller is a member.
+    #[serde(default)]
+    pub member: bool,
+    /// The last seq the caller has read (members only).
+    #[serde(default)]
+    pub last_read: u64,
+    /// Chat messages by others after `last_read` (members only).
+    #[serde(default)]
+    pub unread: u64,
+}
+
+/// A member of a room, as the member list shows them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub username: String,
+    pub display_name: String,
+    /// `owner` or `member`.
+    pub role: String,
 }
 
 /// Frames a client sends on `hubbub.v1`.
@@ -101,6 +268,11 @@ pub enum ClientFrame {
         #[serde(default)]
         nonce: Option<u64>,
     },
+    /// The reader has seen the room up to `seq`: unread counts drop in every tab of the account.
+    Read {
+        room: String,
+        seq: u64,
+    },
 }
 
 /// Frames the server sends on `hubbub.v1`.
@@ -111,6 +283,13 @@ pub enum ServerFrame {
         user: String,
         session: String,
         protocol: String,
+        /// The account's username; absent for guests.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        /// Every room and DM the account is in, with unread counts. The connection is subscribed
+        /// to all of them (those `hello` did not resume go on live from their head).
+        #[serde(default)]
+        rooms: Vec<RoomInfo>,
     },
     Message(ChatMessage),
     /// The message with this `client_id` is durably stored at `seq`.
@@ -139,6 +318,21 @@ pub enum ServerFrame {
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         nonce: Option<u64>,
+    },
+    /// The account was added to a room, or a room it is in changed: the connection is subscribed
+    /// (its events follow from the one that added the account).
+    Room {
+        room: RoomInfo,
+    },
+    /// The account is no longer in the room (it left, or was removed): nothing more of it comes.
+    Left {
+        room: String,
+    },
+    /// The account has read `room` up to `seq` (in this tab or another); `unread` is what remains.
+    Read {
+        room: String,
+        seq: u64,
+        unread: u64,
     },
 }
 
@@ -173,6 +367,18 @@ pub enum ErrorCode {
     /// The client sends faster than its rate limit.
     RateLimited,
     Internal,
+    /// The caller may not do this in the room (only its owner may).
+    Forbidden,
+    /// The room is archived: it can be read, not written.
+    RoomArchived,
+    /// A room of that name exists already.
+    RoomExists,
+    /// No account has that username.
+    UnknownUser,
+    /// A room is full, or the caller made too many rooms lately.
+    LimitReached,
+    /// The caller is not a member of the room.
+    NotMember,
 }
 
 impl ErrorCode {
@@ -192,6 +398,12 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RoomArchived => "room_archived",
+            ErrorCode::RoomExists => "room_exists",
+            ErrorCode::UnknownUser => "unknown_user",
+            ErrorCode::LimitReached => "limit_reached",
+            ErrorCode::NotMember => "not_member",
         }
     }
 }
@@ -205,7 +417,7 @@ pub struct Invalid {
 }
 
 impl Invalid {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Invalid {
             code,
             message: message.into(),
@@ -246,13 +458,48 @@ pub fn normalize_name(name: Option<&str>) -> Result<String, Invalid> {
     if name.is_empty() {
         return Ok("anonymous".to_owned());
     }
-    if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+    validate_display_name(name)?;
+    Ok(name.to_owned())
+}
+
+/// Whether a character could make one name look like another or hide in it: control characters,
+/// bidirectional overrides and isolates, zero-width and other invisible format characters.
+pub fn hidden_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}'                 // soft hyphen
+            | '\u{034F}'               // combining grapheme joiner
+            | '\u{061C}'               // Arabic letter mark
+            | '\u{115F}' | '\u{1160}' // Hangul fillers
+            | '\u{17B4}' | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}' // Mongolian variation selectors and vowel separator
+            | '\u{200B}'..='\u{200F}' // zero-width space, joiners, LRM, RLM
+            | '\u{202A}'..='\u{202E}' // bidi embeddings and overrides
+            | '\u{2060}'..='\u{206F}' // word joiner, invisible operators, bidi isolates
+            | '\u{3164}'               // Hangul filler
+            | '\u{FE00}'..='\u{FE0F}' // variation selectors
+            | '\u{FEFF}'               // zero-width no-break space
+            | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{E0000}'..='\u{E007F}' // tags
+        )
+}
+
+/// Checks a display name: 1 to [`MAX_NAME_CHARS`] characters, none of them [`hidden_char`]s.
+pub fn validate_display_name(name: &str) -> Result<(), Invalid> {
+    if name.trim().is_empty()
+        || name.chars().count() > MAX_NAME_CHARS
+        || name.chars().any(hidden_char)
+    {
         return Err(Invalid::new(
             ErrorCode::InvalidName,
-            format!("name must be at most {MAX_NAME_CHARS} characters, without control characters"),
+            format!(
+                "a name is 1 to {MAX_NAME_CHARS} characters, without control, invisible or \
+                 direction-changing ones"
+            ),
         ));
     }
-    Ok(name.to_owned())
+    Ok(())
 }
 
 /// Checks a room name: 1 to [`MAX_ROOM_BYTES`] of `a-z`, `0-9`, `-` and `_`.
@@ -278,7 +525,7 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, Invalid> {
             "a frame must be a JSON object with a string \"type\"",
         ));
     };
-    const KNOWN: [&str; 5] = ["hello", "join", "leave", "send", "ping"];
+    const KNOWN: [&str; 6] = ["hello", "join", "leave", "send", "ping", "read"];
     if !KNOWN.contains(&kind.as_str()) {
         let kind = kind.chars().take(32).collect::<String>();
         return Err(Invalid::new(
@@ -358,6 +605,46 @@ mod tests {
         assert_eq!(
             validate_body("  \n").map_err(|e| e.code),
             Err(ErrorCode::EmptyMessage)
+        );
+    }
+
+    #[test]
+    fn display_names_refuse_what_could_disguise_them() {
+        assert!(validate_display_name("Zoë Ångström").is_ok());
+        assert!(validate_display_name("李小龍").is_ok());
+        for bad in [
+            "ann\u{202E}nimda",
+            "a\u{200B}nn",
+            "ann\u{2066}",
+            "\u{FEFF}ann",
+            "ann\n",
+            "   ",
+            &"x".repeat(MAX_NAME_CHARS + 1),
+        ] {
+            assert_eq!(
+                validate_display_name(bad).map_err(|e| e.code),
+                Err(ErrorCode::InvalidName),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_event_kinds_and_fields_are_ignored() {
+        let m: ChatMessage = serde_json::from_str(
+            r#"{"room":"r","seq":3,"id":1,"client_id":"c","kind":"poll_opened","user":"A","body":"","ts":1,"poll":{"q":"?"}}"#,
+        )
+        .expect("parse");
+        assert_eq!(m.kind, EventKind::Other);
+        let plain: ChatMessage = serde_json::from_str(
+            r#"{"room":"r","seq":3,"id":1,"client_id":"c","user":"A","body":"hi","ts":1}"#,
+        )
+        .expect("parse");
+        assert!(plain.is_message());
+        assert_eq!(
+            serde_json::to_value(&plain).expect("json").get("kind"),
+            None,
+            "a message's kind is implied"
         );
     }
 

@@ -1,10 +1,12 @@
-//! The JSON HTTP API: post a message, page through history, health.
+//! The JSON HTTP API: rooms, membership, direct messages, read positions, history and posting,
+//! health. Every room endpoint goes through the chat's one authorisation point.
 
-use crate::protocol::{self, ChatMessage, MAX_FRAME_BYTES, MAX_PAGE, PAGE_HISTORY};
+use crate::protocol::{self, ChatMessage, Visibility, MAX_FRAME_BYTES, MAX_PAGE, PAGE_HISTORY};
 use crate::server::auth::{self, Identity};
-use crate::server::chat::server_client_id;
+use crate::server::chat::{server_client_id, ChatError, RoomRequest, MAX_DM_MEMBERS};
 use crate::server::error::AppError;
 use crate::server::limits::{IpKey, RateKey};
+use crate::server::store::User;
 use crate::server::AppState;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -17,6 +19,8 @@ use std::net::{IpAddr, SocketAddr};
 
 /// Largest body of a message post: the same as a WebSocket frame.
 pub const MAX_POST_BYTES: usize = MAX_FRAME_BYTES;
+/// Largest body of the other room requests (names, a topic, a list of usernames).
+pub const MAX_ROOM_BODY_BYTES: usize = 8 * 1024;
 
 /// Whose message budget a caller spends: the account's, or a guest's address's.
 pub fn rate_key(who: &Identity, ip: IpAddr) -> RateKey {
@@ -62,16 +66,30 @@ fn parse_u64(name: &str, v: Option<String>) -> Result<Option<u64>, AppError> {
     .transpose()
 }
 
-async fn room_head(state: &AppState, room: &str) -> Result<u64, AppError> {
-    if !protocol::valid_room_name(room) {
-        return Err(AppError::UnknownRoom(room.to_owned()));
-    }
-    state
-        .chat
-        .store
-        .head(room)
-        .await?
-        .ok_or_else(|| AppError::UnknownRoom(room.to_owned()))
+/// The caller of a request: who they are and from where, checked (with the Origin check for
+/// cookie-authenticated writes) before anything else.
+async fn caller(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    write: bool,
+) -> Result<(Identity, IpAddr), AppError> {
+    let ip = state.auth.client_ip(peer.ip(), headers);
+    let who = state.auth.identify(headers, ip, write).await?;
+    Ok((who, ip))
+}
+
+/// The caller's account: room endpoints are for accounts, not guests.
+fn account(who: &Identity) -> Result<&User, AppError> {
+    who.user.as_ref().ok_or(AppError::Chat(ChatError::Forbidden(
+        "guests have the default room only; sign up for the rest",
+    )))
+}
+
+/// Parses a JSON body into `T`, with our own 400 on failure.
+fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, AppError> {
+    serde_json::from_slice(body)
+        .map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 pub async fn history(
@@ -81,8 +99,7 @@ pub async fn history(
     Path(room): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Json<HistoryPage>, AppError> {
-    let ip = state.auth.client_ip(peer.ip(), &headers);
-    state.auth.identify(&headers, ip, false).await?;
+    let (who, _) = caller(&state, peer, &headers, false).await?;
     let limit = match parse_u64("limit", q.limit)? {
         None => PAGE_HISTORY,
         Some(n) if (1..=MAX_PAGE as u64).contains(&n) => n as usize,
@@ -94,21 +111,19 @@ pub async fn history(
     };
     let before = parse_u64("before", q.before)?;
     let after = parse_u64("after", q.after)?;
-    let head = room_head(&state, &room).await?;
-    let store = &state.chat.store;
-    let messages = match (before, after) {
-        (Some(_), Some(_)) => {
-            return Err(AppError::BadRequest(
-                "give before or after, not both".to_owned(),
-            ))
-        }
-        (None, Some(after)) => store.after(&room, after, limit).await?,
-        (before, None) => store.before(&room, before, limit).await?,
-    };
+    if before.is_some() && after.is_some() {
+        return Err(AppError::BadRequest(
+            "give before or after, not both".to_owned(),
+        ));
+    }
+    let page = state
+        .chat
+        .history(who.user.as_ref(), &room, before, after, limit)
+        .await?;
     Ok(Json(HistoryPage {
         room,
-        head,
-        messages,
+        head: page.head,
+        messages: page.messages,
     }))
 }
 
@@ -119,8 +134,7 @@ pub async fn post_message(
     Path(room): Path<String>,
     body: Bytes,
 ) -> Result<Response, AppError> {
-    let ip = state.auth.client_ip(peer.ip(), &headers);
-    let who = state.auth.identify(&headers, ip, true).await?;
+    let (who, ip) = caller(&state, peer, &headers, true).await?;
     // The same budget as the account's sockets: a loop of posts is no way around it.
     if let Err(wait) = state.rates.take(rate_key(&who, ip), 1) {
         return Ok(auth::too_many(
@@ -131,18 +145,245 @@ pub async fn post_message(
             ),
         ));
     }
-    let req: PostMessage = serde_json::from_slice(&body)
-        .map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")))?;
-    room_head(&state, &room).await?;
+    let req: PostMessage = json_body(&body)?;
     let client_id = req.client_id.unwrap_or_else(server_client_id);
     let author = who.author(req.user.as_deref())?;
-    let appended = state.chat.post(&room, client_id, author, req.body).await?;
+    let appended = state
+        .chat
+        .post(who.user.as_ref(), &room, client_id, author, req.body)
+        .await?;
     let status = if appended.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
     Ok((status, Json(json!({ "message": appended.message }))).into_response())
+}
+
+/// Query of `GET /api/rooms`.
+#[derive(Debug, Deserialize)]
+pub struct RoomsQuery {
+    public: Option<String>,
+}
+
+/// `GET /api/rooms`: the caller's rooms and DMs; with `?public=true`, the public rooms to browse.
+pub async fn rooms(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<RoomsQuery>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let (who, _) = caller(&state, peer, &headers, false).await?;
+    let user = account(&who)?;
+    let rooms = match q.public.as_deref() {
+        None | Some("false") => state.chat.rooms(user).await?,
+        Some("true") => state.chat.public_rooms(user).await?,
+        Some(_) => {
+            return Err(AppError::BadRequest(
+                "public must be true or false".to_owned(),
+            ))
+        }
+    };
+    Ok(Json(json!({ "rooms": rooms })))
+}
+
+/// Body of `POST /api/rooms`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRoom {
+    pub name: String,
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub topic: Option<String>,
+    #[serde(default)]
+    pub visibility: Visibility,
+}
+
+/// `POST /api/rooms`: makes a room owned by the caller.
+pub async fn create_room(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let (who, _) = caller(&state, peer, &headers, true).await?;
+    let user = account(&who)?;
+    let req: CreateRoom = json_body(&body)?;
+    let room = state
+        .chat
+        .create_room(
+            user,
+            RoomRequest {
+                name: req.name,
+                title: req.title,
+                topic: req.topic,
+                visibility: req.visibility,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({ "room": room }))).into_response())
+}
+
+/// `GET /api/rooms/{room}`: the room, with its members.
+pub async fn room(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let (who, _) = caller(&state, peer, &headers, false).await?;
+    let info = state.chat.room(who.user.as_ref(), &room).await?;
+    let members = state.chat.members(who.user.as_ref(), &room).await?;
+    Ok(Json(json!({ "room": info, "members": members })))
+}
+
+/// Body of `PATCH /api/rooms/{room}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRoom {
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub topic: Option<String>,
+    #[serde(default)]
+    pub archived: Option<bool>,
+}
+
+/// `PATCH /api/rooms/{room}`: the owner renames it, sets its topic or archives it.
+pub async fn update_room(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let (who, _) = caller(&state, peer, &headers, true).await?;
+    let user = account(&who)?;
+    let req: UpdateRoom = json_body(&body)?;
+    if req.archived == Some(false) {
+        return Err(AppError::BadRequest(
+            "an archived room stays archived".to_owned(),
+        ));
+    }
+    if let Some(title) = &req.title {
+        state.chat.rename(user, &room, title).await?;
+    }
+    if let Some(topic) = &req.topic {
+        state.chat.set_topic(user, &room, topic).await?;
+    }
+    if req.archived == Some(true) {
+        state.chat.archive(user, &room).await?;
+    }
+    let info = state.chat.room(Some(user), &room).await?;
+    Ok(Json(json!({ "room": info })))
+}
+
+/// `POST /api/rooms/{room}/join`.
+pub async fn join(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let (who, _) = caller(&state, peer, &headers, true).await?;
+    let info = state.chat.join(account(&who)?, &room).await?;
+    Ok(Json(json!({ "room": info })))
+}
+
+/// `POST /api/rooms/{room}/leave`.
+pub async fn leave(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+) -> Result<StatusCode, AppError> {
+    let (who, _) = caller(&state, peer, &headers, true).await?;
+    state.chat.leave(account(&who)?, &room).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Body of `POST /api/rooms/{room}/members`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Invite {
+    pub username: String,
+}
+
+/// `POST /api/rooms/{room}/members`: adds someone to the room.
+pub async fn invite(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, AppError> {
+    let (who, _) = caller(&state, peer, &headers, true).await?;
+    let user = account(&who)?;
+    let req: Invite = json_body(&body)?;
+    state.chat.invite(user, &room, &req.username).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/rooms/{room}/members/{username}`: the owner removes a member.
+pub async fn remove_member(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((room, username)): Path<(String, String)>,
+) -> Result<StatusCode, AppError> {
+    let (who, _) = caller(&state, peer, &headers, true).await?;
+    state.chat.remove(account(&who)?, &room, &username).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Body of `PUT /api/rooms/{room}/read`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkRead {
+    pub seq: u64,
+}
+
+/// `PUT /api/rooms/{room}/read`: moves the caller's read position.
+pub async fn mark_read(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let (who, _) = caller(&state, peer, &headers, true).await?;
+    let req: MarkRead = json_body(&body)?;
+    let (seq, unread) = state.chat.mark_read(account(&who)?, &room, req.seq).await?;
+    Ok(Json(
+        json!({ "room": room, "last_read": seq, "unread": unread }),
+    ))
+}
+
+/// Body of `POST /api/dms`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenDm {
+    pub usernames: Vec<String>,
+}
+
+/// `POST /api/dms`: the direct message with these people (made on the first call).
+pub async fn open_dm(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let (who, _) = caller(&state, peer, &headers, true).await?;
+    let user = account(&who)?;
+    let req: OpenDm = json_body(&body)?;
+    if req.usernames.len() > 64 {
+        return Err(AppError::Chat(ChatError::Limit(format!(
+            "a direct message has at most {MAX_DM_MEMBERS} people"
+        ))));
+    }
+    let room = state.chat.open_dm(user, &req.usernames).await?;
+    Ok(Json(json!({ "room": room })))
 }
 
 /// `GET /healthz`: 200 when the database answers and every background task runs, else 503 (a

@@ -255,10 +255,14 @@ pub struct Identity {
 impl Identity {
     /// The name a message is shown under: the account's, or in anonymous mode the one the client
     /// gave.
-    pub fn author(&self, claimed: Option<&str>) -> Result<String, crate::protocol::Invalid> {
+    pub fn author(
+        &self,
+        claimed: Option<&str>,
+    ) -> Result<crate::server::store::Author, crate::protocol::Invalid> {
+        use crate::server::store::Author;
         match &self.user {
-            Some(u) => Ok(u.display_name.clone()),
-            None => crate::protocol::normalize_name(claimed),
+            Some(u) => Ok(Author::of(u)),
+            None => crate::protocol::normalize_name(claimed).map(Author::guest),
         }
     }
 }

@@ -1,11 +1,17 @@
 //! The one path by which a message enters the system, whichever door it came through: validate,
 //! store durably, then fan out to the room.
 
-use crate::protocol::{self, ChatMessage, ClassicMessage, ServerFrame};
-use crate::server::error::AppError;
+use crate::protocol::{
+    self, ChatMessage, ClassicMessage, ErrorCode, EventKind, Invalid, MemberInfo, RoomInfo,
+    RoomKind, ServerFrame, Visibility,
+};
+use crate::server::access::{self, Action};
 use crate::server::faults;
-use crate::server::hub::{Delivery, Hub};
-use crate::server::store::{Appended, CommitFeed, DynStore, FeedError, NewMessage, StoreError};
+use crate::server::hub::{personal_channel, Delivery, Hub, Personal};
+use crate::server::store::{
+    Appended, Author, Change, CommitFeed, DynStore, FeedError, Member, NewMessage, NewRoom,
+    RoomAccess, StoreError, User,
+};
 use crate::server::tasks::{supervise, Tasks};
 use axum::extract::ws::Utf8Bytes;
 
@@ -17,6 +23,7 @@ pub const FANOUT_TASK: &str = "fanout";
 pub struct Chat {
     pub store: DynStore,
     pub hub: Hub,
+    pub limits: RoomLimits,
 }
 
 /// Hands every committed message to the hub, in commit order: deliveries leave in seq order
@@ -30,6 +37,9 @@ async fn fan_out(mut feed: CommitFeed, hub: Hub) {
                     panic!("injected fault: fanout-panic");
                 }
                 hub.publish(delivery(&message));
+                if let Some(note) = membership_note(&message) {
+                    hub.publish(note);
+                }
             }
             Err(FeedError::Lagged(missed)) => {
                 // Some commits were never handed out: every member re-reads from storage.
@@ -49,26 +59,173 @@ pub fn encode(frame: &ServerFrame) -> Utf8Bytes {
     Utf8Bytes::from(serde_json::to_string(frame).expect("BUG: server frames always serialise"))
 }
 
+/// The classic frame of an event: only chat messages have one.
+pub fn classic_frame(m: &ChatMessage) -> Option<Utf8Bytes> {
+    m.is_message().then(|| {
+        let classic = ClassicMessage {
+            user: m.user.clone(),
+            message: m.body.clone(),
+        };
+        Utf8Bytes::from(
+            serde_json::to_string(&classic).expect("BUG: classic frames always serialise"),
+        )
+    })
+}
+
 fn delivery(m: &ChatMessage) -> Delivery {
-    let classic = ClassicMessage {
-        user: m.user.clone(),
-        message: m.body.clone(),
-    };
     Delivery {
         room: m.room.as_str().into(),
         seq: m.seq,
         rich: encode(&ServerFrame::Message(m.clone())),
-        classic: Utf8Bytes::from(
-            serde_json::to_string(&classic).expect("BUG: classic frames always serialise"),
-        ),
+        classic: classic_frame(m).unwrap_or_default(),
+        personal: None,
     }
 }
+
+/// What a membership event asks of the sockets of the account it is about: to subscribe to the
+/// room (a room made, a join, an invitation) or to leave it (left, removed).
+fn membership_note(m: &ChatMessage) -> Option<Delivery> {
+    let room: std::sync::Arc<str> = m.room.as_str().into();
+    let (who, personal) = match m.kind {
+        EventKind::RoomCreated => (
+            m.username.as_deref()?,
+            Personal::Joined { room, from: m.seq },
+        ),
+        k if k.adds_member() => (m.member.as_deref()?, Personal::Joined { room, from: m.seq }),
+        k if k.removes_member() => (m.member.as_deref()?, Personal::Left { room }),
+        _ => return None,
+    };
+    Some(Delivery {
+        room: personal_channel(who).into(),
+        seq: 0,
+        rich: Utf8Bytes::default(),
+        classic: Utf8Bytes::default(),
+        personal: Some(personal),
+    })
+}
+
+/// Limits on rooms, from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct RoomLimits {
+    /// Most members a room may have.
+    pub max_members: u64,
+    /// Most rooms one account may make in an hour.
+    pub rooms_per_hour: u64,
+}
+
+impl Default for RoomLimits {
+    fn default() -> Self {
+        RoomLimits {
+            max_members: 10_000,
+            rooms_per_hour: 10,
+        }
+    }
+}
+
+/// Why the chat refused or failed: the domain's own error, mapped to HTTP statuses in
+/// `error.rs` and to error frames in `ws.rs`.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// No such room, or one the caller may not see.
+    #[error("no room named {0:?}")]
+    UnknownRoom(String),
+    #[error("you are not a member of {0:?}")]
+    NotMember(String),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0:?} is archived: it can be read, not written")]
+    Archived(String),
+    #[error("a room named {0:?} exists already")]
+    RoomExists(String),
+    #[error("no account is named {0:?}")]
+    UnknownUser(String),
+    /// A size limit: a full room, too many people for a DM.
+    #[error("{0}")]
+    Limit(String),
+    /// The caller did this too often lately (made too many rooms).
+    #[error("{0}")]
+    TooOften(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for ChatError {
+    fn from(e: StoreError) -> Self {
+        ChatError::Store(e)
+    }
+}
+
+impl ChatError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ChatError::Invalid(i) => i.code,
+            ChatError::UnknownRoom(_) => ErrorCode::UnknownRoom,
+            ChatError::NotMember(_) => ErrorCode::NotMember,
+            ChatError::Forbidden(_) => ErrorCode::Forbidden,
+            ChatError::Archived(_) => ErrorCode::RoomArchived,
+            ChatError::RoomExists(_) => ErrorCode::RoomExists,
+            ChatError::UnknownUser(_) => ErrorCode::UnknownUser,
+            ChatError::Limit(_) => ErrorCode::LimitReached,
+            ChatError::TooOften(_) => ErrorCode::RateLimited,
+            ChatError::Store(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The message a client may see: internal details stay in the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            ChatError::Store(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Maps what the store refused in its transaction (a race with another change) to what the
+    /// caller is told.
+    fn from_store(e: StoreError, room: &str) -> Self {
+        match e {
+            StoreError::RoomNotFound => ChatError::UnknownRoom(room.to_owned()),
+            StoreError::RoomArchived => ChatError::Archived(room.to_owned()),
+            StoreError::NotMember => ChatError::NotMember(room.to_owned()),
+            StoreError::RoomExists => ChatError::RoomExists(room.to_owned()),
+            StoreError::RoomFull => ChatError::Limit(format!("{room:?} is full")),
+            other => ChatError::Store(other),
+        }
+    }
+}
+
+/// A room to make, as the caller asked for it.
+#[derive(Clone, Debug)]
+pub struct RoomRequest {
+    pub name: String,
+    pub title: Option<String>,
+    pub topic: Option<String>,
+    pub visibility: Visibility,
+}
+
+/// A page of a room's history.
+pub struct Page {
+    pub head: u64,
+    pub messages: Vec<ChatMessage>,
+}
+
+/// Most people in a direct message, the caller included.
+pub const MAX_DM_MEMBERS: usize = 8;
+/// Longest room title, in characters.
+pub const MAX_TITLE_CHARS: usize = 80;
+/// Longest topic, in characters.
+pub const MAX_TOPIC_CHARS: usize = 250;
 
 impl Chat {
     /// Joins storage and the hub, and starts the fan-out from the store's commit feed under
     /// supervision: if it panics, a new one subscribes and every member resyncs from storage
     /// (what was committed meanwhile is read there).
     pub fn new(store: DynStore, hub: Hub, tasks: Tasks) -> Self {
+        Self::with_limits(store, hub, tasks, RoomLimits::default())
+    }
+
+    pub fn with_limits(store: DynStore, hub: Hub, tasks: Tasks, limits: RoomLimits) -> Self {
         let (s, h) = (store.clone(), hub.clone());
         tokio::spawn(supervise(tasks, FANOUT_TASK, move |run| {
             let feed = s.commits();
@@ -77,34 +234,433 @@ impl Chat {
             }
             fan_out(feed, h.clone())
         }));
-        Chat { store, hub }
+        Chat { store, hub, limits }
     }
 
-    /// Validates and stores a message by `user` (whom the caller identified); once committed,
-    /// the fan-out task hands it to every member of the room. A resend of a known `client_id`
-    /// returns the stored original and is not fanned out again.
+    /// The one authorisation point (see [`access::authorize`]).
+    pub async fn authorize(
+        &self,
+        user: Option<&User>,
+        room: &str,
+        action: Action,
+    ) -> Result<RoomAccess, ChatError> {
+        access::authorize(&self.store, user, room, action).await
+    }
+
+    /// Validates and stores a message by `author` (whom the caller identified), if the caller
+    /// may post there; once committed, the fan-out task hands it to every member of the room. A
+    /// resend of a known `client_id` returns the stored original and is not fanned out again.
     pub async fn post(
         &self,
+        user: Option<&User>,
         room: &str,
         client_id: String,
-        user: String,
+        author: Author,
         body: String,
-    ) -> Result<Appended, AppError> {
+    ) -> Result<Appended, ChatError> {
         protocol::validate_client_id(&client_id)?;
         protocol::validate_body(&body)?;
+        self.authorize(user, room, Action::Post).await?;
+        self.store
+            .append(NewMessage::chat(room, client_id, author, body))
+            .await
+            .map_err(|e| ChatError::from_store(e, room))
+    }
+
+    /// A page of history: after `after`, or before `before` (the newest when neither).
+    pub async fn history(
+        &self,
+        user: Option<&User>,
+        room: &str,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page, ChatError> {
+        let access = self.authorize(user, room, Action::Read).await?;
+        let messages = match after {
+            Some(after) => self.store.after(room, after, limit).await?,
+            None => self.store.before(room, before, limit).await?,
+        };
+        Ok(Page {
+            head: access.info.head,
+            messages,
+        })
+    }
+
+    /// The room's head and newest messages in one snapshot, for the room page.
+    pub async fn recent(
+        &self,
+        user: Option<&User>,
+        room: &str,
+        limit: usize,
+    ) -> Result<(RoomInfo, Page), ChatError> {
+        let access = self.authorize(user, room, Action::Read).await?;
+        let (head, messages) = self
+            .store
+            .recent(room, limit)
+            .await?
+            .ok_or_else(|| ChatError::UnknownRoom(room.to_owned()))?;
+        // The head of the snapshot, not of the earlier authorisation read.
+        let mut info = access.info;
+        info.head = head;
+        Ok((info, Page { head, messages }))
+    }
+
+    /// The rooms and DMs `user` is in.
+    pub async fn rooms(&self, user: &User) -> Result<Vec<RoomInfo>, ChatError> {
+        Ok(self.store.rooms_of(user.id).await?)
+    }
+
+    /// The public rooms anyone with an account may browse and join.
+    pub async fn public_rooms(&self, user: &User) -> Result<Vec<RoomInfo>, ChatError> {
+        Ok(self.store.public_rooms(user.id).await?)
+    }
+
+    pub async fn room(&self, user: Option<&User>, room: &str) -> Result<RoomInfo, ChatError> {
+        Ok(self.authorize(user, room, Action::Read).await?.info)
+    }
+
+    pub async fn members(
+        &self,
+        user: Option<&User>,
+        room: &str,
+    ) -> Result<Vec<MemberInfo>, ChatError> {
+        self.authorize(user, room, Action::Read).await?;
+        Ok(self.store.members(room).await?)
+    }
+
+    /// Makes a room owned by `user`, who is its first member.
+    pub async fn create_room(&self, user: &User, req: RoomRequest) -> Result<RoomInfo, ChatError> {
+        if !protocol::valid_room_name(&req.name) || req.name.starts_with("dm-") {
+            return Err(Invalid::new(
+                ErrorCode::InvalidName,
+                format!(
+                    "a room name is 1 to {} of a-z, 0-9, '-' and '_', and does not start with \"dm-\"",
+                    protocol::MAX_ROOM_BYTES
+                ),
+            )
+            .into());
+        }
+        let title = match req.title {
+            Some(t) => clean_text(&t, MAX_TITLE_CHARS, "title")?,
+            None => req.name.clone(),
+        };
+        let topic = clean_text(req.topic.as_deref().unwrap_or(""), MAX_TOPIC_CHARS, "topic")?;
+        let hour_ago = crate::server::auth::now_ms() - 3_600_000;
+        let made = self.store.rooms_made_since(user.id, hour_ago).await?;
+        if made >= self.limits.rooms_per_hour {
+            return Err(ChatError::TooOften(format!(
+                "you made {made} rooms in the last hour; the limit is {}",
+                self.limits.rooms_per_hour
+            )));
+        }
+        let room = NewRoom {
+            kind: RoomKind::Room,
+            visibility: req.visibility,
+            title,
+            topic,
+            dm_key: None,
+            invited: Vec::new(),
+            owned: true,
+        };
+        self.append_event(
+            user,
+            &req.name,
+            EventKind::RoomCreated,
+            String::new(),
+            None,
+            Change::Create(room),
+        )
+        .await?;
+        self.room(Some(user), &req.name).await
+    }
+
+    /// Opens the direct message between `user` and `usernames` (at most [`MAX_DM_MEMBERS`] people
+    /// in all): the same room on every call with the same people.
+    pub async fn open_dm(&self, user: &User, usernames: &[String]) -> Result<RoomInfo, ChatError> {
+        let mut wanted: Vec<String> = usernames
+            .iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| *u != user.username)
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Err(
+                Invalid::new(ErrorCode::InvalidFrame, "name at least one other person").into(),
+            );
+        }
+        if wanted.len() + 1 > MAX_DM_MEMBERS {
+            return Err(ChatError::Limit(format!(
+                "a direct message has at most {MAX_DM_MEMBERS} people"
+            )));
+        }
+        let found = self.store.users_named(&wanted).await?;
+        if let Some(missing) = wanted
+            .iter()
+            .find(|w| !found.iter().any(|u| &u.username == *w))
+        {
+            return Err(ChatError::UnknownUser(clip(missing)));
+        }
+        let mut ids: Vec<i64> = found.iter().map(|u| u.id).chain([user.id]).collect();
+        ids.sort_unstable();
+        let key = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        let name = format!("dm-{}", dm_slug(&key));
+        let mut names: Vec<&str> = found.iter().map(|u| u.display_name.as_str()).collect();
+        names.push(&user.display_name);
+        let room = NewRoom {
+            kind: RoomKind::Dm,
+            visibility: Visibility::Private,
+            title: names.join(", "),
+            topic: String::new(),
+            dm_key: Some(key),
+            invited: found
+                .iter()
+                .map(|u| Member {
+                    user_id: u.id,
+                    username: u.username.clone(),
+                })
+                .collect(),
+            owned: false,
+        };
+        let done = self
+            .store
+            .append(NewMessage {
+                room: name.clone(),
+                client_id: "create".to_owned(),
+                kind: EventKind::RoomCreated,
+                author: Author::of(user),
+                body: String::new(),
+                member: None,
+                change: Change::Create(room),
+            })
+            .await
+            .map_err(|e| ChatError::from_store(e, &name))?;
+        self.room(Some(user), &done.message.room).await
+    }
+
+    /// Joins a public room; joining one already joined changes nothing. The default room, where
+    /// every account starts, has no member limit.
+    pub async fn join(&self, user: &User, room: &str) -> Result<RoomInfo, ChatError> {
+        let access = self.authorize(Some(user), room, Action::Join).await?;
+        if access.role.is_none() {
+            let max_members = if room == protocol::DEFAULT_ROOM {
+                u64::MAX
+            } else {
+                self.limits.max_members
+            };
+            let done = self
+                .append_event(
+                    user,
+                    room,
+                    EventKind::MemberJoined,
+                    String::new(),
+                    Some(user),
+                    Change::AddMember { max_members },
+                )
+                .await;
+            match done {
+                Ok(_) | Err(ChatError::Store(StoreError::AlreadyMember)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.room(Some(user), room).await
+    }
+
+    pub async fn leave(&self, user: &User, room: &str) -> Result<(), ChatError> {
+        self.authorize(Some(user), room, Action::Leave).await?;
+        self.append_event(
+            user,
+            room,
+            EventKind::MemberLeft,
+            String::new(),
+            Some(user),
+            Change::RemoveMember,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Adds `username` to the room (a member invites; in a private room, only so can one enter).
+    pub async fn invite(&self, user: &User, room: &str, username: &str) -> Result<(), ChatError> {
+        self.authorize(Some(user), room, Action::Invite).await?;
+        let who = self.named(username).await?;
+        match self
+            .append_event(
+                user,
+                room,
+                EventKind::MemberInvited,
+                String::new(),
+                Some(&who),
+                Change::AddMember {
+                    max_members: self.limits.max_members,
+                },
+            )
+            .await
+        {
+            // Already in: nothing to do.
+            Ok(_) | Err(ChatError::Store(StoreError::AlreadyMember)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes `username` out of the room (the owner's right); their sockets leave it at once.
+    pub async fn remove(&self, user: &User, room: &str, username: &str) -> Result<(), ChatError> {
+        self.authorize(Some(user), room, Action::Manage).await?;
+        let who = self.named(username).await?;
+        match self
+            .append_event(
+                user,
+                room,
+                EventKind::MemberRemoved,
+                String::new(),
+                Some(&who),
+                Change::RemoveMember,
+            )
+            .await
+        {
+            Err(ChatError::NotMember(_)) => Err(ChatError::NotMember(room.to_owned())),
+            other => other.map(|_| ()),
+        }
+    }
+
+    pub async fn rename(&self, user: &User, room: &str, title: &str) -> Result<(), ChatError> {
+        self.authorize(Some(user), room, Action::Manage).await?;
+        let title = clean_text(title, MAX_TITLE_CHARS, "title")?;
+        if title.is_empty() {
+            return Err(Invalid::new(ErrorCode::InvalidName, "a title cannot be blank").into());
+        }
+        self.append_event(
+            user,
+            room,
+            EventKind::RoomRenamed,
+            title,
+            None,
+            Change::Title,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn set_topic(&self, user: &User, room: &str, topic: &str) -> Result<(), ChatError> {
+        self.authorize(Some(user), room, Action::Manage).await?;
+        let topic = clean_text(topic, MAX_TOPIC_CHARS, "topic")?;
+        self.append_event(
+            user,
+            room,
+            EventKind::TopicChanged,
+            topic,
+            None,
+            Change::Topic,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Archives the room: read-only from now on, hidden from room lists, its history kept.
+    pub async fn archive(&self, user: &User, room: &str) -> Result<(), ChatError> {
+        self.authorize(Some(user), room, Action::Manage).await?;
+        self.append_event(
+            user,
+            room,
+            EventKind::RoomArchived,
+            String::new(),
+            None,
+            Change::Archive,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Moves `user`'s read position in `room` to `seq` (forward only) and tells every socket of
+    /// the account; returns the position and what is still unread.
+    pub async fn mark_read(
+        &self,
+        user: &User,
+        room: &str,
+        seq: u64,
+    ) -> Result<(u64, u64), ChatError> {
+        self.authorize(Some(user), room, Action::MarkRead).await?;
+        let (read, unread) = self
+            .store
+            .mark_read(room, user.id, seq)
+            .await?
+            .ok_or_else(|| ChatError::NotMember(room.to_owned()))?;
+        let frame = ServerFrame::Read {
+            room: room.to_owned(),
+            seq: read,
+            unread,
+        };
+        self.hub.publish(Delivery {
+            room: personal_channel(&user.username).into(),
+            seq: 0,
+            rich: encode(&frame),
+            classic: Utf8Bytes::default(),
+            personal: Some(Personal::Frame),
+        });
+        Ok((read, unread))
+    }
+
+    async fn named(&self, username: &str) -> Result<User, ChatError> {
+        self.store
+            .users_named(&[username.to_owned()])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ChatError::UnknownUser(clip(username)))
+    }
+
+    /// Stores an event by `user` that changes the room.
+    async fn append_event(
+        &self,
+        user: &User,
+        room: &str,
+        kind: EventKind,
+        body: String,
+        member: Option<&User>,
+        change: Change,
+    ) -> Result<Appended, ChatError> {
         self.store
             .append(NewMessage {
                 room: room.to_owned(),
-                client_id,
-                user,
+                client_id: server_client_id(),
+                kind,
+                author: Author::of(user),
                 body,
+                member: member.map(|m| Member {
+                    user_id: m.id,
+                    username: m.username.clone(),
+                }),
+                change,
             })
             .await
-            .map_err(|e| match e {
-                StoreError::RoomNotFound => AppError::UnknownRoom(room.to_owned()),
-                other => AppError::Store(other),
-            })
+            .map_err(|e| ChatError::from_store(e, room))
     }
+}
+
+/// A user-given name, cut short for an error message.
+fn clip(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// Checks a title or topic: trimmed, at most `max` characters, nothing invisible or
+/// direction-changing.
+fn clean_text(s: &str, max: usize, what: &str) -> Result<String, Invalid> {
+    let s = s.trim();
+    if s.chars().count() > max || s.chars().any(protocol::hidden_char) {
+        return Err(Invalid::new(
+            ErrorCode::InvalidName,
+            format!("a {what} is at most {max} characters, without control or invisible ones"),
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// A short, stable name for a DM from its members' ids.
+fn dm_slug(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// An idempotency key for messages whose sender gave none (HTTP callers, classic clients): a

@@ -125,6 +125,14 @@ pub struct Config {
     /// consumer (4000: resume from your last seq).
     #[arg(long, env = "HUBBUB_SEND_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub send_timeout: Duration,
+
+    /// Members a room may have; joins and invitations past it are refused (`limit_reached`).
+    #[arg(long, env = "HUBBUB_MAX_ROOM_MEMBERS", default_value_t = 10_000)]
+    pub max_room_members: u64,
+
+    /// Rooms one account may make per hour; more are refused with 429.
+    #[arg(long, env = "HUBBUB_ROOMS_PER_HOUR", default_value_t = 10)]
+    pub rooms_per_hour: u64,
 }
 
 /// Parses `250ms`, `20s`, `2m`, `12h`, `30d`, or a bare number of seconds.

@@ -2,6 +2,7 @@
 //! details of internal failures go to the log, not to the client.
 
 use crate::protocol::{ErrorCode, Invalid};
+use crate::server::chat::ChatError;
 use crate::server::store::StoreError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -20,6 +21,8 @@ pub enum AppError {
     Store(StoreError),
     #[error("not allowed")]
     Denied(crate::server::auth::Denied),
+    #[error(transparent)]
+    Chat(#[from] ChatError),
 }
 
 impl From<crate::server::auth::Denied> for AppError {
@@ -42,6 +45,7 @@ impl AppError {
             AppError::BadRequest(_) => ErrorCode::InvalidQuery,
             AppError::Store(_) => ErrorCode::Internal,
             AppError::Denied(_) => ErrorCode::Unauthorized,
+            AppError::Chat(e) => e.code(),
         }
     }
 
@@ -49,6 +53,7 @@ impl AppError {
     pub fn public_message(&self) -> String {
         match self {
             AppError::Store(_) => "internal error".to_owned(),
+            AppError::Chat(e) => e.public_message(),
             other => other.to_string(),
         }
     }
@@ -63,12 +68,27 @@ impl IntoResponse for AppError {
             AppError::Invalid(_) | AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::UnknownRoom(_) => StatusCode::NOT_FOUND,
             AppError::Denied(_) => StatusCode::UNAUTHORIZED,
-            AppError::Store(e) => {
+            AppError::Store(e) | AppError::Chat(ChatError::Store(e)) => {
                 tracing::error!(error = %e, "request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            AppError::Chat(e) => chat_status(e),
         };
         let body = json!({ "error": { "code": self.code(), "message": self.public_message() } });
         (status, Json(body)).into_response()
+    }
+}
+
+/// The HTTP status of what the chat refused.
+fn chat_status(e: &ChatError) -> StatusCode {
+    match e {
+        ChatError::Invalid(_) => StatusCode::BAD_REQUEST,
+        // A room the caller may not see is one that does not exist.
+        ChatError::UnknownRoom(_) | ChatError::UnknownUser(_) => StatusCode::NOT_FOUND,
+        ChatError::NotMember(_) | ChatError::Forbidden(_) => StatusCode::FORBIDDEN,
+        ChatError::Archived(_) | ChatError::RoomExists(_) => StatusCode::CONFLICT,
+        ChatError::Limit(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ChatError::TooOften(_) => StatusCode::TOO_MANY_REQUESTS,
+        ChatError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

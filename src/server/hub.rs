@@ -20,8 +20,27 @@ pub struct Delivery {
     pub seq: u64,
     /// The `hubbub.v1` `message` frame.
     pub rich: Utf8Bytes,
-    /// The classic `{"user","message"}` frame.
+    /// The classic `{"user","message"}` frame; empty for events classic clients do not see.
     pub classic: Utf8Bytes,
+    /// Set on what goes to one account's sockets rather than to a room's members.
+    pub personal: Option<Personal>,
+}
+
+/// What a delivery on an account's own channel (see [`personal_channel`]) asks its sockets to do.
+#[derive(Debug)]
+pub enum Personal {
+    /// The account is now in `room`: subscribe, and replay from `from` (the event that added it).
+    Joined { room: Arc<str>, from: u64 },
+    /// The account is no longer in `room`: unsubscribe.
+    Left { room: Arc<str> },
+    /// Pass the rich frame on as it is (a read position moved).
+    Frame,
+}
+
+/// The channel of one account's sockets, beside the rooms: membership changes and read positions
+/// reach every tab and device of the account through it. No room name can take this form.
+pub fn personal_channel(username: &str) -> String {
+    format!("@{username}")
 }
 
 /// What a member receives next.
@@ -291,6 +310,7 @@ mod tests {
             seq,
             rich: Utf8Bytes::from(format!("r{seq}")),
             classic: Utf8Bytes::from(format!("c{seq}")),
+            personal: None,
         }
     }
 

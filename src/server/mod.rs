@@ -1,6 +1,7 @@
 //! Everything that runs only on the server: configuration, storage, the hub, the WebSocket and HTTP
 //! endpoints, and [`run`], which serves them all on a listener until told to stop.
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod chat;
@@ -20,7 +21,7 @@ use axum::extract::{FromRef, FromRequestParts, Request, State};
 use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
@@ -154,10 +155,14 @@ impl AppState {
         Ok(AppState {
             auth,
             leptos_options,
-            chat: chat::Chat::new(
+            chat: chat::Chat::with_limits(
                 store,
                 hub::Hub::new(config.queue_len, config.queue_bytes),
                 tasks.clone(),
+                chat::RoomLimits {
+                    max_members: config.max_room_members,
+                    rooms_per_hour: config.rooms_per_hour,
+                },
             ),
             shutdown: watch::Sender::new(false),
             connections: Connections::default(),
@@ -331,6 +336,24 @@ pub fn router(state: AppState) -> Router {
             get(api::history)
                 .post(api::post_message)
                 .layer(axum::extract::DefaultBodyLimit::max(api::MAX_POST_BYTES)),
+        )
+        .merge(
+            Router::new()
+                .route("/api/rooms", get(api::rooms).post(api::create_room))
+                .route("/api/rooms/{room}", get(api::room).patch(api::update_room))
+                .route("/api/rooms/{room}/join", post(api::join))
+                .route("/api/rooms/{room}/leave", post(api::leave))
+                .route("/api/rooms/{room}/members", post(api::invite))
+                .route(
+                    "/api/rooms/{room}/members/{username}",
+                    axum::routing::delete(api::remove_member),
+                )
+                .route("/api/rooms/{room}/read", axum::routing::put(api::mark_read))
+                .route("/api/dms", post(api::open_dm))
+                // Room requests are a few short fields.
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    api::MAX_ROOM_BODY_BYTES,
+                )),
         )
         .leptos_routes_with_context(
             &state,

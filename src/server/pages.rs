@@ -3,7 +3,7 @@
 //! without) the WASM client; every form carries a CSRF token that must match the browser's CSRF
 //! cookie, and must come from an allowed origin.
 
-use crate::protocol::normalize_name;
+use crate::protocol::{normalize_name, DEFAULT_ROOM};
 use crate::server::auth::{self, digest, AuthError, Credential};
 use crate::server::config::Registration;
 use crate::server::store::{StoreError, User};
@@ -415,6 +415,10 @@ pub async fn signup(
         Ok(user) => {
             if user.is_admin {
                 tracing::info!(user = %user.username, "the first account was made; it is the admin");
+            }
+            // Everyone starts in the default room, as a member (an event in its stream).
+            if let Err(e) = state.chat.join(&user, DEFAULT_ROOM).await {
+                tracing::warn!(error = %e, user = %user.username, "could not add a new account to the default room");
             }
             start_session(&state, &headers, &user).await
         }

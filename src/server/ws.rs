@@ -3,14 +3,15 @@
 //! room's history in seq order with no gap and no duplicate, whatever the hub dropped or reordered.
 
 use crate::protocol::{
-    self, close, ClassicMessage, ClientFrame, ErrorCode, Invalid, ServerFrame, DEFAULT_ROOM,
-    MAX_FRAME_BYTES, MAX_RESUME_ROOMS, SUBPROTOCOL,
+    self, close, ClassicMessage, ClientFrame, ErrorCode, Invalid, RoomInfo, ServerFrame,
+    DEFAULT_ROOM, MAX_FRAME_BYTES, MAX_RESUME_ROOMS, SUBPROTOCOL,
 };
+use crate::server::access::Action;
 use crate::server::api::rate_key;
 use crate::server::auth::{self, Auth, Denied, Identity};
-use crate::server::chat::{encode, server_client_id, Chat};
+use crate::server::chat::{classic_frame, encode, server_client_id, Chat, ChatError};
 use crate::server::error::AppError;
-use crate::server::hub::{Delivery, Event, Subscriber};
+use crate::server::hub::{personal_channel, Delivery, Event, Personal, Subscriber};
 use crate::server::limits::{RateKey, Rates};
 use crate::server::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -126,7 +127,14 @@ pub async fn upgrade(
     let limit = state.ws_limits.send_timeout;
     let revoked = slot.as_ref().map(|s| Arc::clone(&s.revoked));
     let key = rate_key(&identity, ip);
-    let conn = Box::new(Connection::new(state, mode, identity, revoked, key));
+    let mut conn = Box::new(Connection::new(state, mode, identity, revoked, key));
+    // A classic client has no `hello`: it is in the default room from its handshake on, so a
+    // message posted right after the 101 reaches it.
+    if mode == Mode::Classic {
+        if let Err(refused) = conn.enter_default_room().await {
+            return refused;
+        }
+    }
     ws.on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |socket| SEND_TIMEOUT.scope(limit, conn.run(socket, (guard, slot))))
 }
@@ -321,9 +329,6 @@ impl Connection {
         let mut beats = 0u32;
         // Whether a ping is out that the client has not answered (any frame counts as an answer).
         let mut awaiting_pong = false;
-        if self.mode == Mode::Classic {
-            Box::pin(self.join(socket, DEFAULT_ROOM, None)).await?;
-        }
         loop {
             let paused_until = self.paused_until;
             tokio::select! {
@@ -419,6 +424,11 @@ impl Connection {
     /// After the hub dropped deliveries for this connection: re-reads every joined room from its
     /// cursor.
     async fn resync(&mut self, socket: &mut WebSocket) -> Result<(), End> {
+        // Notes on the account's own channel may be among what was dropped: read its rooms
+        // again, and follow what changed.
+        if self.said_hello {
+            self.refresh_rooms(socket).await?;
+        }
         let rooms: Vec<Arc<str>> = self.cursors.keys().cloned().collect();
         for room in rooms {
             self.replay(socket, &room).await?;
@@ -426,8 +436,113 @@ impl Connection {
         flush(socket).await
     }
 
+    /// Brings the subscriptions in line with the account's rooms: joins the new ones (telling
+    /// the client with a `room` frame), leaves the ones it is no longer in (a `left` frame).
+    async fn refresh_rooms(&mut self, socket: &mut WebSocket) -> Result<(), End> {
+        let Some(user) = self.identity.user.clone() else {
+            return Ok(());
+        };
+        let rooms = self.chat.rooms(&user).await.map_err(storage_failed)?;
+        let gone: Vec<Arc<str>> = self
+            .cursors
+            .keys()
+            .filter(|r| !rooms.iter().any(|i| *i.name == ***r))
+            .cloned()
+            .collect();
+        for room in gone {
+            // A public room joined as a preview stays; one the account may no longer read goes.
+            if self
+                .chat
+                .authorize(Some(&user), &room, Action::Read)
+                .await
+                .is_err()
+            {
+                self.drop_room(socket, &room).await?;
+            }
+        }
+        for info in rooms {
+            if !self.cursors.contains_key(info.name.as_str()) {
+                let (name, head) = (info.name.clone(), info.head);
+                feed(socket, text(encode(&ServerFrame::Room { room: info }))).await?;
+                self.subscribe(socket, &name, head).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops following a room and tells the client.
+    async fn drop_room(&mut self, socket: &mut WebSocket, room: &str) -> Result<(), End> {
+        self.sub.leave(room);
+        if self.cursors.remove(room).is_some() && self.mode == Mode::Rich {
+            let left = ServerFrame::Left {
+                room: room.to_owned(),
+            };
+            feed(socket, text(encode(&left))).await?;
+        }
+        Ok(())
+    }
+
+    /// What the account's own channel asks: follow a room it is now in, drop one it left, or
+    /// pass a frame on.
+    async fn on_personal(
+        &mut self,
+        socket: &mut WebSocket,
+        d: &Delivery,
+        note: &Personal,
+    ) -> Result<(), End> {
+        if self.mode != Mode::Rich {
+            return Ok(());
+        }
+        match note {
+            Personal::Frame => feed(socket, text(d.rich.clone())).await,
+            Personal::Left { room } => self.drop_room(socket, room).await,
+            Personal::Joined { room, from } => {
+                let Some(user) = self.identity.user.clone() else {
+                    return Ok(());
+                };
+                // Read as this account sees it now: a removal may already have followed.
+                let info = match self.chat.authorize(Some(&user), room, Action::Read).await {
+                    Ok(access) if access.role.is_some() => access.info,
+                    Ok(_) | Err(ChatError::UnknownRoom(_)) => return Ok(()),
+                    Err(e) => return Err(storage_failed(e)),
+                };
+                feed(socket, text(encode(&ServerFrame::Room { room: info }))).await?;
+                // A public room it was following as a preview goes on from its cursor.
+                if self.cursors.contains_key(room) {
+                    return Ok(());
+                }
+                self.subscribe(socket, room, from.saturating_sub(1)).await
+            }
+        }
+    }
+
+    /// Subscribes to a room and replays it from `cursor`, then says `joined`.
+    async fn subscribe(
+        &mut self,
+        socket: &mut WebSocket,
+        room: &str,
+        cursor: u64,
+    ) -> Result<(), End> {
+        self.sub.join(room);
+        let room: Arc<str> = Arc::from(room);
+        self.cursors.insert(Arc::clone(&room), cursor);
+        self.replay(socket, &room).await?;
+        if self.mode == Mode::Rich {
+            let head = self.cursors.get(&room).copied().unwrap_or(cursor);
+            let joined = ServerFrame::Joined {
+                room: room.to_string(),
+                head,
+            };
+            feed(socket, text(encode(&joined))).await?;
+        }
+        Ok(())
+    }
+
     /// Queues one delivery for the socket, first replaying from storage any seqs it skipped.
     async fn deliver(&mut self, socket: &mut WebSocket, d: Arc<Delivery>) -> Result<(), End> {
+        if let Some(note) = &d.personal {
+            return Box::pin(self.on_personal(socket, &d, note)).await;
+        }
         let Some(cursor) = self.cursors.get_mut(&d.room) else {
             return Ok(()); // left the room since it was queued
         };
@@ -438,6 +553,8 @@ impl Connection {
             *cursor = d.seq;
             let bytes = match self.mode {
                 Mode::Rich => d.rich.clone(),
+                // Classic clients see chat messages only.
+                Mode::Classic if d.classic.is_empty() => return Ok(()),
                 Mode::Classic => d.classic.clone(),
             };
             return feed(socket, text(bytes)).await;
@@ -465,13 +582,10 @@ impl Connection {
                 cursor = m.seq;
                 let frame = match self.mode {
                     Mode::Rich => encode(&ServerFrame::Message(m)),
-                    Mode::Classic => Utf8Bytes::from(
-                        serde_json::to_string(&ClassicMessage {
-                            user: m.user,
-                            message: m.body,
-                        })
-                        .expect("BUG: classic frames always serialise"),
-                    ),
+                    Mode::Classic => match classic_frame(&m) {
+                        Some(frame) => frame,
+                        None => continue,
+                    },
                 };
                 feed(socket, text(frame)).await?;
             }
@@ -483,30 +597,53 @@ impl Connection {
         }
     }
 
-    /// Joins a room: subscribe first, then replay from the cursor, so nothing falls in between.
+    /// Subscribes a classic connection to the default room at its head, before the 101.
+    async fn enter_default_room(&mut self) -> Result<(), Response> {
+        match self
+            .chat
+            .authorize(self.identity.user.as_ref(), DEFAULT_ROOM, Action::Read)
+            .await
+        {
+            Ok(_) => {}
+            Err(ChatError::Store(e)) => {
+                tracing::error!(error = %e, "cannot read the default room");
+                return Err(StatusCode::SERVICE_UNAVAILABLE.into_response());
+            }
+            Err(e) => return Err(AppError::Chat(e).into_response()),
+        }
+        self.sub.join(DEFAULT_ROOM);
+        // Read the head now that live deliveries are queued for it.
+        let head = match self.chat.store.head(DEFAULT_ROOM).await {
+            Ok(h) => h.unwrap_or_default(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the default room");
+                return Err(StatusCode::SERVICE_UNAVAILABLE.into_response());
+            }
+        };
+        self.cursors.insert(Arc::from(DEFAULT_ROOM), head);
+        Ok(())
+    }
+
+    /// Joins a room the caller may read: subscribe first, then replay from the cursor, so
+    /// nothing falls in between. Rooms the caller may not read are answered as unknown.
     async fn join(
         &mut self,
         socket: &mut WebSocket,
         room: &str,
         after: Option<u64>,
     ) -> Result<(), End> {
-        let head = if protocol::valid_room_name(room) {
-            self.head(room).await?
-        } else {
-            None
-        };
-        let Some(_) = head else {
-            send(
-                socket,
-                error_frame(
-                    ErrorCode::UnknownRoom,
-                    format!("no room named {room:?}"),
-                    Some(room.to_owned()),
-                ),
-            )
-            .await?;
-            return Ok(());
-        };
+        let access = self
+            .chat
+            .authorize(self.identity.user.as_ref(), room, Action::Read)
+            .await;
+        match access {
+            Ok(_) => {}
+            Err(ChatError::Store(e)) => return Err(storage_failed(ChatError::Store(e))),
+            Err(e) => {
+                let reference = Some(room.chars().take(64).collect());
+                return send(socket, chat_error(&e, reference)).await;
+            }
+        }
         if let Some(&cursor) = self.cursors.get(room) {
             // Already joined: its cursor stands (moving it would skip or repeat messages).
             if self.mode == Mode::Rich {
@@ -519,9 +656,8 @@ impl Connection {
             return Ok(());
         }
         self.sub.join(room);
-        // Read the head again now that live deliveries are queued for us.
+        // Read the head now that live deliveries are queued for us.
         let head = self.head(room).await?.unwrap_or_default();
-        let room: Arc<str> = Arc::from(room);
         let cursor = match after {
             None => head,
             Some(after) if after > head || head - after > MAX_JOIN_REPLAY => {
@@ -531,7 +667,7 @@ impl Connection {
                     feed(
                         socket,
                         text(encode(&ServerFrame::HistoryGap {
-                            room: room.to_string(),
+                            room: room.to_owned(),
                             from: after,
                         })),
                     )
@@ -541,19 +677,7 @@ impl Connection {
             }
             Some(after) => after,
         };
-        self.cursors.insert(Arc::clone(&room), cursor);
-        self.replay(socket, &room).await?;
-        if self.mode == Mode::Rich {
-            let head = self.cursors.get(&room).copied().unwrap_or(cursor);
-            feed(
-                socket,
-                text(encode(&ServerFrame::Joined {
-                    room: room.to_string(),
-                    head,
-                })),
-            )
-            .await?;
-        }
+        self.subscribe(socket, room, cursor).await?;
         flush(socket).await
     }
 
@@ -601,9 +725,12 @@ impl Connection {
             Err(wait) => {
                 // Over the rate "without a break" means each frame came right after the last one
                 // was let through; a client that paused since starts a new count.
-                let paused = self
-                    .last_pass
-                    .is_none_or(|t| now.duration_since(t) > Duration::from_secs(1));
+                // A held frame tried again is the same stretch over the rate, however late the
+                // server got to it (a loaded server must not reset the clock by being slow).
+                let paused = !waited
+                    && self
+                        .last_pass
+                        .is_none_or(|t| now.duration_since(t) > Duration::from_secs(1));
                 if paused || self.over_since.is_none() {
                     self.over_since = Some(now);
                 }
@@ -643,17 +770,29 @@ impl Connection {
             .map_err(|_| End::Close(close::INVALID_PAYLOAD, "invalid user name"))?;
         match self
             .chat
-            .post(DEFAULT_ROOM, server_client_id(), author, msg.message)
+            .post(
+                self.identity.user.as_ref(),
+                DEFAULT_ROOM,
+                server_client_id(),
+                author,
+                msg.message,
+            )
             .await
         {
             Ok(_) => Ok(()),
-            Err(AppError::Invalid(inv)) if inv.code == ErrorCode::MessageTooLong => {
+            Err(ChatError::Invalid(inv)) if inv.code == ErrorCode::MessageTooLong => {
                 Err(End::Close(close::TOO_BIG, "message too long"))
             }
-            Err(AppError::Invalid(_)) => Err(End::Close(close::INVALID_PAYLOAD, "invalid message")),
-            Err(e) => {
+            Err(ChatError::Invalid(_)) => {
+                Err(End::Close(close::INVALID_PAYLOAD, "invalid message"))
+            }
+            Err(ChatError::Store(e)) => {
                 tracing::error!(error = %e, "storing a classic message failed");
                 Err(End::Close(close::INTERNAL, "storage unavailable"))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "a classic message was refused");
+                Err(End::Close(close::POLICY, "not allowed in this room"))
             }
         }
     }
@@ -687,18 +826,37 @@ impl Connection {
                     }
                 };
                 self.said_hello = true;
+                let user = user.display_name;
                 self.user = Some(user.clone());
+                // An account follows its own channel first (so no membership change falls
+                // between reading its rooms and subscribing), then every room it is in.
+                let account = self.identity.user.clone();
+                let rooms: Vec<RoomInfo> = match &account {
+                    Some(me) => {
+                        self.sub.join(&personal_channel(&me.username));
+                        self.chat.rooms(me).await.map_err(storage_failed)?
+                    }
+                    None => Vec::new(),
+                };
                 feed(
                     socket,
                     text(encode(&ServerFrame::Welcome {
                         user,
                         session: format!("c{}", self.sub.id()),
                         protocol: SUBPROTOCOL.to_owned(),
+                        username: account.map(|u| u.username),
+                        rooms: rooms.clone(),
                     })),
                 )
                 .await?;
                 for (room, after) in resume {
                     self.join(socket, &room, Some(after)).await?;
+                }
+                // The rooms it did not resume go on live from their head.
+                for info in rooms {
+                    if !self.cursors.contains_key(info.name.as_str()) {
+                        self.subscribe(socket, &info.name, info.head).await?;
+                    }
                 }
                 flush(socket).await
             }
@@ -730,7 +888,17 @@ impl Connection {
                             .await
                     }
                 };
-                match self.chat.post(&room, client_id.clone(), author, body).await {
+                let posted = self
+                    .chat
+                    .post(
+                        self.identity.user.as_ref(),
+                        &room,
+                        client_id.clone(),
+                        author,
+                        body,
+                    )
+                    .await;
+                match posted {
                     Ok(a) => {
                         let ack = ServerFrame::Ack {
                             client_id,
@@ -739,7 +907,20 @@ impl Connection {
                         };
                         send(socket, text(encode(&ack))).await
                     }
-                    Err(e) => send(socket, app_error(&e, Some(client_id))).await,
+                    Err(e) => send(socket, chat_error(&e, Some(client_id))).await,
+                }
+            }
+            ClientFrame::Read { room, seq } => {
+                let Some(user) = self.identity.user.clone() else {
+                    let e = ChatError::Forbidden("guests have no read positions");
+                    return send(socket, chat_error(&e, Some(room))).await;
+                };
+                match self.chat.mark_read(&user, &room, seq).await {
+                    // Every socket of the account, this one included, hears of it on its own
+                    // channel.
+                    Ok(_) => Ok(()),
+                    Err(ChatError::Store(e)) => Err(storage_failed(ChatError::Store(e))),
+                    Err(e) => send(socket, chat_error(&e, Some(room))).await,
                 }
             }
             ClientFrame::Ping { nonce } => {
@@ -781,11 +962,17 @@ async fn finish(mut socket: WebSocket, end: End) {
     }
 }
 
-fn app_error(e: &AppError, reference: Option<String>) -> Message {
-    if let AppError::Store(inner) = e {
+fn chat_error(e: &ChatError, reference: Option<String>) -> Message {
+    if let ChatError::Store(inner) = e {
         tracing::error!(error = %inner, "storing a message failed");
     }
     error_frame(e.code(), e.public_message(), reference)
+}
+
+/// The close for a connection whose storage failed under it.
+fn storage_failed(e: ChatError) -> End {
+    tracing::error!(error = %e, "storage failed under a connection");
+    End::Close(close::INTERNAL, "storage unavailable")
 }
 
 /// Runs a write, bounded by the send timeout: a client whose socket stays full that long is a slow

@@ -66,6 +66,9 @@ async fn a_session_opens_a_socket_and_the_identity_comes_from_it() {
         ServerFrame::Welcome { user, .. } => assert_eq!(user, "Ann A."),
         other => panic!("{other:?}"),
     }
+    // Her sign-up put her in general: that event comes first.
+    let joined = next_message(&mut ws).await;
+    assert_eq!(joined.member.as_deref(), Some("ann"));
     assert!(matches!(next(&mut ws).await, ServerFrame::Joined { .. }));
     send_text(
         &mut ws,

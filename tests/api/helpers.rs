@@ -214,7 +214,7 @@ pub async fn hello(ws: &mut Ws, after: u64) {
     loop {
         match next(ws).await {
             ServerFrame::Joined { .. } => return,
-            ServerFrame::Message(_) if after > 0 => continue,
+            ServerFrame::Message(m) if after > 0 || !m.is_message() => continue,
             other => panic!("expected joined, got {other:?}"),
         }
     }

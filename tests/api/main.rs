@@ -3,6 +3,7 @@
 mod helpers;
 
 mod abuse;
+mod api_docs;
 mod auth;
 mod bad_input;
 mod edges;
@@ -11,3 +12,4 @@ mod faults;
 mod history;
 mod lifecycle;
 mod limits;
+mod rooms;

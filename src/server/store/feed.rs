@@ -171,8 +171,13 @@ mod tests {
             seq,
             id: seq as i64,
             client_id: format!("c{seq}"),
+            kind: Default::default(),
             user: "ann".into(),
+            user_id: None,
+            username: None,
+            guest: true,
             body: body.into(),
+            member: None,
             ts: 0,
         })
     }

@@ -7,25 +7,124 @@ mod sqlite;
 pub use feed::{CommitFeed, FeedError, FeedSender, COMMIT_FEED_BYTES, COMMIT_FEED_LEN};
 pub use sqlite::{SqliteStore, WRITER_TASK};
 
-use crate::protocol::ChatMessage;
+use crate::protocol::{ChatMessage, EventKind, MemberInfo, RoomInfo, RoomKind, Visibility};
 use async_trait::async_trait;
 use std::sync::Arc;
 
-/// A message to store, already validated.
+/// Who wrote an event: an account (id, handle and display name at the time) or a guest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Author {
+    pub user_id: Option<i64>,
+    pub username: Option<String>,
+    pub display_name: String,
+}
+
+impl Author {
+    pub fn guest(display_name: String) -> Self {
+        Author {
+            user_id: None,
+            username: None,
+            display_name,
+        }
+    }
+
+    pub fn of(user: &User) -> Self {
+        Author {
+            user_id: Some(user.id),
+            username: Some(user.username.clone()),
+            display_name: user.display_name.clone(),
+        }
+    }
+}
+
+/// An account a membership event is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub user_id: i64,
+    pub username: String,
+}
+
+/// A room to make, with its first event (`room_created`, by its creator).
+#[derive(Clone, Debug)]
+pub struct NewRoom {
+    pub kind: RoomKind,
+    pub visibility: Visibility,
+    pub title: String,
+    pub topic: String,
+    /// For a DM, the sorted member ids: a second DM with the same people finds this one.
+    pub dm_key: Option<String>,
+    /// Besides the creator, who is in it from the start (each gets a `member_invited` event).
+    pub invited: Vec<Member>,
+    /// Whether the creator owns it (rooms) or is one member among equals (DMs).
+    pub owned: bool,
+}
+
+/// What an event changes besides the stream, in the same transaction.
+#[derive(Clone, Debug, Default)]
+pub enum Change {
+    /// Nothing (a chat message).
+    #[default]
+    None,
+    /// Makes the room.
+    Create(NewRoom),
+    /// Adds `member` to the room, unless it has `max_members` already.
+    AddMember { max_members: u64 },
+    /// Takes `member` out of the room.
+    RemoveMember,
+    /// The title becomes the body.
+    Title,
+    /// The topic becomes the body.
+    Topic,
+    /// Archives the room.
+    Archive,
+}
+
+/// An event to store, already validated and authorised. A chat message has kind `message` and
+/// no change.
 #[derive(Clone, Debug)]
 pub struct NewMessage {
     pub room: String,
     pub client_id: String,
-    pub user: String,
+    pub kind: EventKind,
+    pub author: Author,
     pub body: String,
+    pub member: Option<Member>,
+    pub change: Change,
+}
+
+impl NewMessage {
+    /// A chat message.
+    pub fn chat(room: &str, client_id: String, author: Author, body: String) -> Self {
+        NewMessage {
+            room: room.to_owned(),
+            client_id,
+            kind: EventKind::Message,
+            author,
+            body,
+            member: None,
+            change: Change::None,
+        }
+    }
 }
 
 /// What [`Store::append`] did.
 #[derive(Clone, Debug)]
 pub struct Appended {
     pub message: ChatMessage,
-    /// False when the `(room, client_id)` was already stored: `message` is then the original.
+    /// Further events the same write made (a DM's invitations), in seq order.
+    pub more: Vec<ChatMessage>,
+    /// False when the `(room, client_id)` was already stored (or the DM existed): `message` is
+    /// then the original.
     pub created: bool,
+}
+
+/// A room and the caller's place in it, as the authorisation point reads it.
+#[derive(Clone, Debug)]
+pub struct RoomAccess {
+    pub info: RoomInfo,
+    pub owner_id: Option<i64>,
+    /// `owner` or `member` when the caller is a member.
+    pub role: Option<String>,
 }
 
 /// An account as the rest of the server sees it.
@@ -75,6 +174,14 @@ pub enum StoreError {
     RoomExists,
     #[error("the invite is unknown, used up or expired")]
     InviteInvalid,
+    #[error("the room is archived")]
+    RoomArchived,
+    #[error("already a member")]
+    AlreadyMember,
+    #[error("not a member")]
+    NotMember,
+    #[error("the room is full")]
+    RoomFull,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     /// A group commit failed; every append in it gets this.
@@ -95,11 +202,42 @@ pub trait Store: Send + Sync + 'static {
     /// The room's last seq (0 for an empty room), or `None` if there is no such room.
     async fn head(&self, room: &str) -> Result<Option<u64>, StoreError>;
 
-    /// Creates a room.
+    /// Creates a bare room (tests and set-up; people make rooms with a `Change::Create` event).
     async fn create_room(&self, room: &str) -> Result<(), StoreError>;
 
-    /// Stores a message with the room's next seq, or returns the original for a known `client_id`.
-    /// It returns only once the row is durably committed.
+    /// The room `room` and `user`'s membership of it; `None` if there is no such room.
+    async fn room_access(
+        &self,
+        room: &str,
+        user: Option<i64>,
+    ) -> Result<Option<RoomAccess>, StoreError>;
+
+    /// The rooms and DMs `user` is in (archived ones left out), with unread counts.
+    async fn rooms_of(&self, user: i64) -> Result<Vec<RoomInfo>, StoreError>;
+
+    /// The public rooms that are not archived, marked with `user`'s membership.
+    async fn public_rooms(&self, user: i64) -> Result<Vec<RoomInfo>, StoreError>;
+
+    /// The room's members, owners first, then by username.
+    async fn members(&self, room: &str) -> Result<Vec<MemberInfo>, StoreError>;
+
+    /// Moves `user`'s read position in `room` forward to `seq` (never back, never past the head);
+    /// returns the position and the unread count after it, or `None` if `user` is not a member.
+    async fn mark_read(
+        &self,
+        room: &str,
+        user: i64,
+        seq: u64,
+    ) -> Result<Option<(u64, u64)>, StoreError>;
+
+    /// The accounts with these usernames (unknown ones are left out).
+    async fn users_named(&self, usernames: &[String]) -> Result<Vec<User>, StoreError>;
+
+    /// How many rooms `user` has made since `since` (ms).
+    async fn rooms_made_since(&self, user: i64, since: i64) -> Result<u64, StoreError>;
+
+    /// Stores an event with the room's next seq and applies its change in the same transaction,
+    /// or returns the original for a known `client_id`. It returns only once durably committed.
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError>;
 
     /// Up to `limit` messages with `seq > after`, oldest first.
@@ -234,12 +372,12 @@ mod contract {
     }
 
     fn msg(room: &str, client_id: &str, body: &str) -> NewMessage {
-        NewMessage {
-            room: room.into(),
-            client_id: client_id.into(),
-            user: "ann".into(),
-            body: body.into(),
-        }
+        NewMessage::chat(
+            room,
+            client_id.into(),
+            Author::guest("ann".into()),
+            body.into(),
+        )
     }
 
     #[tokio::test]

@@ -4,10 +4,10 @@
 
 use super::feed::FeedSender;
 use super::{
-    AccountStore, Appended, CommitFeed, Credentials, InviteInfo, NewMessage, Store, StoreError,
-    TokenInfo, User,
+    AccountStore, Appended, Change, CommitFeed, Credentials, InviteInfo, NewMessage, NewRoom,
+    RoomAccess, Store, StoreError, TokenInfo, User,
 };
-use crate::protocol::ChatMessage;
+use crate::protocol::{ChatMessage, EventKind, MemberInfo, RoomInfo, RoomKind, Visibility};
 use crate::server::faults;
 use crate::server::tasks::{panic_message, Tasks};
 use async_trait::async_trait;
@@ -46,8 +46,13 @@ struct Row {
     room: String,
     seq: i64,
     client_id: String,
+    kind: String,
     user: String,
+    user_id: Option<i64>,
+    username: Option<String>,
+    guest: bool,
     body: String,
+    member: Option<String>,
     ts: i64,
 }
 
@@ -58,15 +63,103 @@ impl From<Row> for ChatMessage {
             seq: u64::try_from(r.seq).unwrap_or_default(),
             id: r.id,
             client_id: r.client_id,
+            kind: EventKind::parse(&r.kind),
             user: r.user,
+            user_id: r.user_id,
+            username: r.username,
+            guest: r.guest,
             body: r.body,
+            member: r.member,
             ts: r.ts,
         }
     }
 }
 
-const SELECT: &str =
-    "SELECT m.id, r.name AS room, m.seq, m.client_id, m.user, m.body, m.ts FROM messages m JOIN rooms r ON r.id = m.room_id";
+const SELECT: &str = "SELECT m.id, r.name AS room, m.seq, m.client_id, m.kind, m.user, m.user_id, \
+     m.username, m.guest, m.body, m.member, m.ts FROM messages m JOIN rooms r ON r.id = m.room_id";
+
+/// A room with the caller's membership, as `room_access`, `rooms_of` and `public_rooms` read it.
+#[derive(sqlx::FromRow)]
+struct RoomRow {
+    name: String,
+    title: String,
+    topic: String,
+    kind: String,
+    visibility: String,
+    head_seq: i64,
+    owner_id: Option<i64>,
+    owner: Option<String>,
+    archived: bool,
+    members: i64,
+    role: Option<String>,
+    last_read: Option<i64>,
+    unread: i64,
+}
+
+/// Selects [`RoomRow`]s for the user bound first; the caller adds `WHERE` and `ORDER BY`.
+const ROOM_SELECT: &str = "SELECT r.name, r.title, r.topic, r.kind, r.visibility, r.head_seq, \
+     r.owner_id, o.username AS owner, r.archived_at IS NOT NULL AS archived, \
+     (SELECT COUNT(*) FROM members c WHERE c.room_id = r.id) AS members, \
+     me.role, me.last_read, \
+     CASE WHEN me.user_id IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM messages m \
+       WHERE m.room_id = r.id AND m.seq > me.last_read AND m.kind = 'message' \
+       AND m.user_id IS NOT me.user_id) END AS unread \
+     FROM rooms r LEFT JOIN users o ON o.id = r.owner_id \
+     LEFT JOIN members me ON me.room_id = r.id AND me.user_id = ?";
+
+impl RoomRow {
+    fn access(self) -> RoomAccess {
+        let owner_id = self.owner_id;
+        let role = self.role.clone();
+        RoomAccess {
+            info: self.info(),
+            owner_id,
+            role,
+        }
+    }
+
+    fn info(self) -> RoomInfo {
+        RoomInfo {
+            name: self.name,
+            title: self.title,
+            topic: self.topic,
+            kind: if self.kind == "dm" {
+                RoomKind::Dm
+            } else {
+                RoomKind::Room
+            },
+            visibility: if self.visibility == "private" {
+                Visibility::Private
+            } else {
+                Visibility::Public
+            },
+            members: u64::try_from(self.members).unwrap_or_default(),
+            head: u64::try_from(self.head_seq).unwrap_or_default(),
+            owner: self.owner,
+            archived: self.archived,
+            member: self.role.is_some(),
+            last_read: self
+                .last_read
+                .and_then(|r| u64::try_from(r).ok())
+                .unwrap_or_default(),
+            unread: u64::try_from(self.unread).unwrap_or_default(),
+        }
+    }
+}
+
+fn kind_str(k: RoomKind) -> &'static str {
+    match k {
+        RoomKind::Room => "room",
+        RoomKind::Dm => "dm",
+    }
+}
+
+fn visibility_str(v: Visibility) -> &'static str {
+    match v {
+        Visibility::Public => "public",
+        Visibility::Private => "private",
+    }
+}
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -206,6 +299,9 @@ async fn writer_loop(
                 }
                 for result in results.iter().flatten().filter(|a| a.created) {
                     feed(commits, fed, &result.message);
+                    for more in &result.more {
+                        feed(commits, fed, more);
+                    }
                 }
                 for room in batch.iter().map(|(m, _)| &m.room) {
                     fed.suspect.remove(room);
@@ -230,12 +326,14 @@ async fn writer_loop(
                     let answer = match landed.get(&key) {
                         Some(message) => Ok(Appended {
                             message: message.clone(),
+                            more: Vec::new(),
                             created: true,
                         }),
                         // Stored before (a resend): the original is the answer, as always.
                         None => match stored(pool, &msg).await {
                             Some(original) => Ok(Appended {
                                 message: original,
+                                more: Vec::new(),
                                 created: false,
                             }),
                             None => Err(StoreError::Batch(message.clone())),
@@ -312,9 +410,20 @@ async fn append_batch(
         if faults::hit("writer-panic", &msg.body) {
             panic!("injected fault: writer-panic");
         }
+        // Each append in its own savepoint: one refused (an archived room, a full one) leaves
+        // nothing half-done, and the others of the batch still commit.
+        sqlx::query("SAVEPOINT one").execute(&mut *tx).await?;
         match append_one(&mut tx, msg, fed).await {
             Err(StoreError::Database(e)) => return Err(StoreError::Database(e)),
-            other => results.push(other),
+            Ok(done) => {
+                sqlx::query("RELEASE one").execute(&mut *tx).await?;
+                results.push(Ok(done));
+            }
+            Err(refused) => {
+                sqlx::query("ROLLBACK TO one").execute(&mut *tx).await?;
+                sqlx::query("RELEASE one").execute(&mut *tx).await?;
+                results.push(Err(refused));
+            }
         }
     }
     tx.commit().await?;
@@ -332,12 +441,16 @@ async fn append_one(
     msg: &NewMessage,
     fed: &mut Fed,
 ) -> Result<Appended, StoreError> {
-    let (room_id, head): (i64, i64) =
-        sqlx::query_as("SELECT id, head_seq FROM rooms WHERE name = ?")
-            .bind(&msg.room)
-            .fetch_optional(&mut *conn)
-            .await?
-            .ok_or(StoreError::RoomNotFound)?;
+    if let Change::Create(room) = &msg.change {
+        return create_room(conn, msg, room, fed).await;
+    }
+    let (room_id, head, archived, visibility): (i64, i64, bool, String) = sqlx::query_as(
+        "SELECT id, head_seq, archived_at IS NOT NULL, visibility FROM rooms WHERE name = ?",
+    )
+    .bind(&msg.room)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(StoreError::RoomNotFound)?;
     // The first write to a room: what came before it is history, not for the feed.
     fed.heads
         .entry(msg.room.clone())
@@ -351,9 +464,121 @@ async fn append_one(
     if let Some(row) = existing {
         return Ok(Appended {
             message: row.into(),
+            more: Vec::new(),
             created: false,
         });
     }
+    if archived && msg.kind != EventKind::MemberLeft {
+        return Err(StoreError::RoomArchived);
+    }
+    // Checked again here, where it cannot race a removal: an account writes only to rooms it
+    // is in, and nobody but members to a private room or DM.
+    if msg.kind == EventKind::Message {
+        let member = match msg.author.user_id {
+            Some(user) => is_member(conn, room_id, user).await?,
+            None => false,
+        };
+        if !member && (msg.author.user_id.is_some() || visibility != "public") {
+            return Err(StoreError::NotMember);
+        }
+    }
+    apply(conn, room_id, msg).await?;
+    let message = insert_event(conn, room_id, msg).await?;
+    Ok(Appended {
+        message,
+        more: Vec::new(),
+        created: true,
+    })
+}
+
+async fn is_member(
+    conn: &mut sqlx::SqliteConnection,
+    room_id: i64,
+    user: i64,
+) -> Result<bool, StoreError> {
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM members WHERE room_id = ? AND user_id = ?")
+            .bind(room_id)
+            .bind(user)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(found.is_some())
+}
+
+/// Applies what an event changes in the room, before the event is stored.
+async fn apply(
+    conn: &mut sqlx::SqliteConnection,
+    room_id: i64,
+    msg: &NewMessage,
+) -> Result<(), StoreError> {
+    let member = msg.member.as_ref().map(|m| m.user_id);
+    match &msg.change {
+        Change::None | Change::Create(_) => {}
+        Change::AddMember { max_members } => {
+            let user = member.ok_or(StoreError::NotMember)?;
+            if is_member(conn, room_id, user).await? {
+                return Err(StoreError::AlreadyMember);
+            }
+            let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE room_id = ?")
+                .bind(room_id)
+                .fetch_one(&mut *conn)
+                .await?;
+            if u64::try_from(count).unwrap_or_default() >= *max_members {
+                return Err(StoreError::RoomFull);
+            }
+            // A new member has read nothing of what came before: it is history, not unread.
+            sqlx::query(
+                "INSERT INTO members (room_id, user_id, role, joined_at, last_read) \
+                 SELECT id, ?, 'member', ?, head_seq FROM rooms WHERE id = ?",
+            )
+            .bind(user)
+            .bind(now_ms())
+            .bind(room_id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Change::RemoveMember => {
+            let user = member.ok_or(StoreError::NotMember)?;
+            let gone = sqlx::query("DELETE FROM members WHERE room_id = ? AND user_id = ?")
+                .bind(room_id)
+                .bind(user)
+                .execute(&mut *conn)
+                .await?;
+            if gone.rows_affected() == 0 {
+                return Err(StoreError::NotMember);
+            }
+        }
+        Change::Title => {
+            sqlx::query("UPDATE rooms SET title = ? WHERE id = ?")
+                .bind(&msg.body)
+                .bind(room_id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Change::Topic => {
+            sqlx::query("UPDATE rooms SET topic = ? WHERE id = ?")
+                .bind(&msg.body)
+                .bind(room_id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Change::Archive => {
+            sqlx::query("UPDATE rooms SET archived_at = ? WHERE id = ?")
+                .bind(now_ms())
+                .bind(room_id)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Stores an event at the room's next seq.
+async fn insert_event(
+    conn: &mut sqlx::SqliteConnection,
+    room_id: i64,
+    msg: &NewMessage,
+) -> Result<ChatMessage, StoreError> {
     let seq: i64 = sqlx::query_scalar(
         "UPDATE rooms SET head_seq = head_seq + 1 WHERE id = ? RETURNING head_seq",
     )
@@ -361,27 +586,120 @@ async fn append_one(
     .fetch_one(&mut *conn)
     .await?;
     let ts = now_ms();
+    let member = msg.member.as_ref().map(|m| m.username.clone());
+    let guest = msg.author.user_id.is_none();
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO messages (room_id, seq, client_id, user, body, ts) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        "INSERT INTO messages (room_id, seq, client_id, kind, user, user_id, username, guest, body, member, ts) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(room_id)
     .bind(seq)
     .bind(&msg.client_id)
-    .bind(&msg.user)
+    .bind(msg.kind.as_str())
+    .bind(&msg.author.display_name)
+    .bind(msg.author.user_id)
+    .bind(&msg.author.username)
+    .bind(guest)
     .bind(&msg.body)
+    .bind(&member)
     .bind(ts)
     .fetch_one(&mut *conn)
     .await?;
-    Ok(Appended {
-        message: ChatMessage {
+    Ok(ChatMessage {
+        room: msg.room.clone(),
+        seq: u64::try_from(seq).unwrap_or_default(),
+        id,
+        client_id: msg.client_id.clone(),
+        kind: msg.kind,
+        user: msg.author.display_name.clone(),
+        user_id: msg.author.user_id,
+        username: msg.author.username.clone(),
+        guest,
+        body: msg.body.clone(),
+        member,
+        ts,
+    })
+}
+
+/// Makes a room with its `room_created` event (and a DM's invitations). A DM that exists with
+/// the same people is returned as it is.
+async fn create_room(
+    conn: &mut sqlx::SqliteConnection,
+    msg: &NewMessage,
+    room: &NewRoom,
+    fed: &mut Fed,
+) -> Result<Appended, StoreError> {
+    if let Some(key) = &room.dm_key {
+        let existing: Option<Row> = sqlx::query_as(&format!(
+            "{SELECT} WHERE r.dm_key = ? ORDER BY m.seq LIMIT 1"
+        ))
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(row) = existing {
+            return Ok(Appended {
+                message: row.into(),
+                more: Vec::new(),
+                created: false,
+            });
+        }
+    }
+    let creator = msg.author.user_id;
+    let inserted = sqlx::query_scalar::<_, i64>(
+        "INSERT INTO rooms (name, head_seq, created_at, kind, visibility, title, topic, owner_id, dm_key, created_by) \
+         VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(&msg.room)
+    .bind(now_ms())
+    .bind(kind_str(room.kind))
+    .bind(visibility_str(room.visibility))
+    .bind(&room.title)
+    .bind(&room.topic)
+    .bind(if room.owned { creator } else { None })
+    .bind(&room.dm_key)
+    .bind(creator)
+    .fetch_one(&mut *conn)
+    .await;
+    let room_id = match inserted {
+        Ok(id) => id,
+        Err(e) if is_unique_violation(&e) => return Err(StoreError::RoomExists),
+        Err(e) => return Err(e.into()),
+    };
+    fed.heads.insert(msg.room.clone(), 0);
+    let mut members = Vec::with_capacity(room.invited.len() + 1);
+    if let Some(creator) = creator {
+        members.push((creator, if room.owned { "owner" } else { "member" }));
+    }
+    members.extend(room.invited.iter().map(|m| (m.user_id, "member")));
+    for (user, role) in members {
+        sqlx::query(
+            "INSERT INTO members (room_id, user_id, role, joined_at, last_read) VALUES (?, ?, ?, ?, 0) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(room_id)
+        .bind(user)
+        .bind(role)
+        .bind(now_ms())
+        .execute(&mut *conn)
+        .await?;
+    }
+    let message = insert_event(conn, room_id, msg).await?;
+    let mut more = Vec::with_capacity(room.invited.len());
+    for (i, member) in room.invited.iter().enumerate() {
+        let invite = NewMessage {
             room: msg.room.clone(),
-            seq: u64::try_from(seq).unwrap_or_default(),
-            id,
-            client_id: msg.client_id.clone(),
-            user: msg.user.clone(),
-            body: msg.body.clone(),
-            ts,
-        },
+            client_id: format!("{}:invite:{i}", msg.client_id),
+            kind: EventKind::MemberInvited,
+            author: msg.author.clone(),
+            body: String::new(),
+            member: Some(member.clone()),
+            change: Change::None,
+        };
+        more.push(insert_event(conn, room_id, &invite).await?);
+    }
+    Ok(Appended {
+        message,
+        more,
         created: true,
     })
 }
@@ -408,6 +726,120 @@ impl Store for SqliteStore {
             return Err(StoreError::RoomExists);
         }
         Ok(())
+    }
+
+    async fn room_access(
+        &self,
+        room: &str,
+        user: Option<i64>,
+    ) -> Result<Option<RoomAccess>, StoreError> {
+        let row: Option<RoomRow> = sqlx::query_as(&format!("{ROOM_SELECT} WHERE r.name = ?"))
+            .bind(user)
+            .bind(room)
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(row.map(RoomRow::access))
+    }
+
+    async fn rooms_of(&self, user: i64) -> Result<Vec<RoomInfo>, StoreError> {
+        let rows: Vec<RoomRow> = sqlx::query_as(&format!(
+            "{ROOM_SELECT} WHERE me.user_id IS NOT NULL AND r.archived_at IS NULL \
+             ORDER BY r.kind = 'dm', r.title"
+        ))
+        .bind(user)
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows.into_iter().map(RoomRow::info).collect())
+    }
+
+    async fn public_rooms(&self, user: i64) -> Result<Vec<RoomInfo>, StoreError> {
+        let rows: Vec<RoomRow> = sqlx::query_as(&format!(
+            "{ROOM_SELECT} WHERE r.visibility = 'public' AND r.kind = 'room' \
+             AND r.archived_at IS NULL ORDER BY r.title"
+        ))
+        .bind(user)
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows.into_iter().map(RoomRow::info).collect())
+    }
+
+    async fn members(&self, room: &str) -> Result<Vec<MemberInfo>, StoreError> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT u.username, u.display_name, m.role FROM members m \
+             JOIN rooms r ON r.id = m.room_id JOIN users u ON u.id = m.user_id \
+             WHERE r.name = ? ORDER BY m.role = 'owner' DESC, u.username",
+        )
+        .bind(room)
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(username, display_name, role)| MemberInfo {
+                username,
+                display_name,
+                role,
+            })
+            .collect())
+    }
+
+    async fn mark_read(
+        &self,
+        room: &str,
+        user: i64,
+        seq: u64,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let read: Option<i64> = sqlx::query_scalar(
+            "UPDATE members SET last_read = MAX(last_read, MIN(?, (SELECT head_seq FROM rooms WHERE id = room_id))) \
+             WHERE user_id = ? AND room_id = (SELECT id FROM rooms WHERE name = ?) RETURNING last_read",
+        )
+        .bind(to_i64(seq))
+        .bind(user)
+        .bind(room)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(read) = read else {
+            return Ok(None);
+        };
+        let unread: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM messages m JOIN rooms r ON r.id = m.room_id \
+             WHERE r.name = ? AND m.seq > ? AND m.kind = 'message' AND m.user_id IS NOT ?",
+        )
+        .bind(room)
+        .bind(read)
+        .bind(user)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some((
+            u64::try_from(read).unwrap_or_default(),
+            u64::try_from(unread).unwrap_or_default(),
+        )))
+    }
+
+    async fn users_named(&self, usernames: &[String]) -> Result<Vec<User>, StoreError> {
+        let mut users = Vec::with_capacity(usernames.len());
+        for name in usernames {
+            let row: Option<UserRow> = sqlx::query_as(
+                "SELECT id, username, display_name, is_admin FROM users WHERE username = ?",
+            )
+            .bind(name)
+            .fetch_optional(&self.readers)
+            .await?;
+            users.extend(row.map(User::from));
+        }
+        Ok(users)
+    }
+
+    async fn rooms_made_since(&self, user: i64, since: i64) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM rooms WHERE created_by = ? AND created_at >= ? AND kind = 'room'",
+        )
+        .bind(user)
+        .bind(since)
+        .fetch_one(&self.readers)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or_default())
     }
 
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
@@ -807,5 +1239,110 @@ impl AccountStore for SqliteStore {
                 },
             )
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::store::Store;
+    use std::borrow::Cow;
+
+    /// A database as the code before rooms made it (migrations up to 0003, rows as that code
+    /// wrote them) opens with its history, its seqs and every account a member of `general`.
+    #[tokio::test]
+    async fn a_database_from_before_rooms_opens_and_keeps_its_history() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let options = SqliteConnectOptions::new()
+                .filename(dir.path().join(DB_FILE))
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await
+                .expect("open");
+            let mut old = sqlx::migrate!("./migrations");
+            old.migrations = Cow::Owned(
+                old.migrations
+                    .iter()
+                    .filter(|m| m.version <= 3)
+                    .cloned()
+                    .collect(),
+            );
+            old.run(&pool).await.expect("old schema");
+            for (name, display) in [("ann", "Ann"), ("bob", "Bob")] {
+                sqlx::query("INSERT INTO users (username, display_name, password_hash, created_at) VALUES (?, ?, 'x', 1)")
+                    .bind(name)
+                    .bind(display)
+                    .execute(&pool)
+                    .await
+                    .expect("user");
+            }
+            for seq in 1..=3i64 {
+                sqlx::query("UPDATE rooms SET head_seq = ? WHERE name = 'general'")
+                    .bind(seq)
+                    .execute(&pool)
+                    .await
+                    .expect("head");
+                sqlx::query("INSERT INTO messages (room_id, seq, client_id, user, body, ts) VALUES (1, ?, ?, 'Ann', ?, 5)")
+                    .bind(seq)
+                    .bind(format!("c{seq}"))
+                    .bind(format!("old {seq}"))
+                    .execute(&pool)
+                    .await
+                    .expect("message");
+            }
+            pool.close().await;
+        }
+        let store = SqliteStore::open(dir.path()).await.expect("migrates");
+        let history = store.after("general", 0, 10).await.expect("history");
+        let bodies: Vec<(u64, &str, EventKind)> = history
+            .iter()
+            .map(|m| (m.seq, m.body.as_str(), m.kind))
+            .collect();
+        assert_eq!(
+            bodies,
+            vec![
+                (1, "old 1", EventKind::Message),
+                (2, "old 2", EventKind::Message),
+                (3, "old 3", EventKind::Message),
+            ]
+        );
+        assert!(history.iter().all(|m| m.user == "Ann" && !m.guest));
+        let members = store.members("general").await.expect("members");
+        assert_eq!(
+            members
+                .iter()
+                .map(|m| m.username.as_str())
+                .collect::<Vec<_>>(),
+            vec!["ann", "bob"]
+        );
+        // They had read what was there: nothing old is unread.
+        let ann = store.rooms_of(1).await.expect("rooms");
+        assert_eq!(ann.len(), 1);
+        assert_eq!(
+            (ann[0].name.as_str(), ann[0].head, ann[0].unread),
+            ("general", 3, 0)
+        );
+        assert_eq!(ann[0].title, "general");
+        // And the stream goes on from where it was.
+        let next = store
+            .append(NewMessage::chat(
+                "general",
+                "new".into(),
+                crate::server::store::Author::of(&User {
+                    id: 2,
+                    username: "bob".into(),
+                    display_name: "Bob".into(),
+                    is_admin: false,
+                }),
+                "new".into(),
+            ))
+            .await
+            .expect("append");
+        assert_eq!(next.message.seq, 4);
+        assert_eq!(store.rooms_of(1).await.expect("rooms")[0].unread, 1);
     }
 }
