@@ -239,10 +239,11 @@ fn Sidebar(session: Session) -> impl IntoView {
     let item = move |r: crate::protocol::RoomInfo| {
         let name = r.name.clone();
         let href = format!("/r/{}", r.name);
+        let private = r.kind == RoomKind::Room && r.visibility == Visibility::Private;
         let label = match r.kind {
-            RoomKind::Room if r.visibility == Visibility::Private => format!("🔒 {}", r.title),
+            RoomKind::Room if private => r.title.clone(),
             RoomKind::Room => format!("# {}", r.title),
-            RoomKind::Dm => r.title.clone(),
+            RoomKind::Dm => dm_title(session, &r.title),
         };
         let unread = r.unread;
         let current = {
@@ -257,7 +258,7 @@ fn Sidebar(session: Session) -> impl IntoView {
                     attr:aria-current=move || current().then_some("page")
                     on:click=move |_| session.sidebar_open.set(false)
                 >
-                    <span class="room-name">{label}</span>
+                    <span class="room-name">{private.then(lock_icon)} {label}</span>
                     {(unread > 0)
                         .then(|| {
                             view! {
@@ -311,6 +312,29 @@ fn Sidebar(session: Session) -> impl IntoView {
             </div>
             <ul class="rooms dms">{move || session.sidebar(RoomKind::Dm).into_iter().map(item).collect_view()}</ul>
         </nav>
+    }
+}
+
+/// A DM's title as the reader sees it: the other people's names.
+fn dm_title(session: Session, title: &str) -> String {
+    let me = session.me.get_value().unwrap_or_default();
+    let others: Vec<&str> = title.split(", ").filter(|n| *n != me).collect();
+    if others.is_empty() {
+        title.to_owned()
+    } else {
+        others.join(", ")
+    }
+}
+
+/// The padlock shown before a private room's name.
+fn lock_icon() -> impl IntoView {
+    view! {
+        <svg class="lock" viewBox="0 0 16 16" width="12" height="12" role="img" aria-label="private">
+            <path
+                fill="currentColor"
+                d="M4 7V5a4 4 0 1 1 8 0v2h1v8H3V7h1zm2 0h4V5a2 2 0 1 0-4 0v2z"
+            ></path>
+        </svg>
     }
 }
 
@@ -458,9 +482,12 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
         let info = info.clone();
         let room = room.clone();
         move || match info() {
-            Some(i) if i.kind == RoomKind::Dm => i.title,
-            Some(i) => format!("# {}", i.title),
-            None => format!("# {room}"),
+            Some(i) if i.kind == RoomKind::Dm => dm_title(session, &i.title).into_any(),
+            Some(i) if i.visibility == Visibility::Private => {
+                view! { {lock_icon()} " " {i.title} }.into_any()
+            }
+            Some(i) => format!("# {}", i.title).into_any(),
+            None => format!("# {room}").into_any(),
         }
     };
     let topic = {
