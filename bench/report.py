@@ -139,6 +139,29 @@ for key, rs in sorted(http.items(), key=lambda kv: kv[0][2]):
     )
 out.append("")
 
+# Many rooms
+many = [r["run"] for r in runs if r["scenario"] == "rooms200"]
+one = [r["run"] for r in runs if r["scenario"] == "rooms1"]
+if many or one:
+    out += ["## Many rooms: 1,000 clients each in 20 of 200 rooms, 200 msg/s over the rooms\n",
+            "Each client follows 20 of 200 rooms (100 followers per room); 10 senders at 20 msg/s send "
+            "each message to one room in turn. Beside it, the same 200 msg/s into one room of 100 "
+            "followers: the same deliveries per second, in one room instead of 200. \"Gaps\" counts "
+            "seqs missing in a room a receiver follows.\n",
+            "| scenario | clients | rooms | offered/s | delivered | deliveries/s | gaps | p50 ms | p99 ms | max ms | CPU µs/delivery |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for label, rs in (("200 rooms × 100 followers", many), ("1 room × 100 followers", one)):
+        if not rs:
+            continue
+        out.append(
+            f"| {label} | {med([r['clients'] for r in rs]):,.0f} | {med([r.get('rooms', 1) for r in rs]):,.0f} | "
+            f"{med([r['offered_deliveries_per_sec'] for r in rs]):,.0f} | {delivered(rs):.2f}% | "
+            f"{med([r['deliveries_per_sec'] for r in rs]):,.0f} | {med([r['gaps'] for r in rs]):,.0f} | "
+            + " | ".join(fmt(med([r["latency_ms"][q] for r in rs]), ".1f") for q in ("p50", "p99", "max"))
+            + f" | {fmt(med([r['cpu_us_per_delivery'] for r in rs]), '.2f')} |"
+        )
+    out.append("")
+
 # The browser side
 client_total = None
 if pkg_dir and os.path.isdir(pkg_dir):

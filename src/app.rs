@@ -938,6 +938,28 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
             });
         }
     };
+    // A person's name opens the direct message with them.
+    let navigate = leptos_router::hooks::use_navigate();
+    let message_to = move |who: String| {
+        let _navigate = navigate.clone();
+        let _ = &who;
+        #[cfg(feature = "hydrate")]
+        leptos::task::spawn_local(async move {
+            let body = serde_json::json!({ "usernames": [who] });
+            match crate::client::api("POST", "/api/dms", body).await {
+                Ok(v) => {
+                    if let Ok(info) =
+                        serde_json::from_value::<crate::protocol::RoomInfo>(v["room"].clone())
+                    {
+                        let name = info.name.clone();
+                        session.upsert_room(info);
+                        _navigate(&format!("/r/{name}"), Default::default());
+                    }
+                }
+                Err(e) => note.set(Some(e)),
+            }
+        });
+    };
     let not_general = room != DEFAULT_ROOM;
     view! {
         <aside class="members" aria-label="Members">
@@ -952,10 +974,26 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
                         .map(|m| {
                             let who = m.username.clone();
                             let remove = remove.clone();
-                            let removable = owner && Some(&m.username) != me.as_ref();
+                            let someone_else = Some(&m.username) != me.as_ref();
+                            let removable = owner && someone_else;
+                            let message = message_to.clone();
+                            let to = m.username.clone();
                             view! {
                                 <li>
-                                    <span class="author">{m.display_name}</span>
+                                    {if someone_else {
+                                        view! {
+                                            <button
+                                                class="link author"
+                                                title=format!("Message @{}", m.username)
+                                                on:click=move |_| message(to.clone())
+                                            >
+                                                {m.display_name.clone()}
+                                            </button>
+                                        }
+                                            .into_any()
+                                    } else {
+                                        view! { <span class="author">{m.display_name.clone()}</span> }.into_any()
+                                    }}
                                     <span class="handle">"@" {m.username.clone()}</span>
                                     {(m.role == "owner").then(|| view! { <span class="role">"owner"</span> })}
                                     {removable.then(|| view! {

@@ -121,6 +121,12 @@ test("direct messages open from the dialog and are the same conversation twice",
     await expect(a.locator("h1.room")).toContainText("Eli");
   }
   await expect(a.locator(".sidebar .dms li")).toHaveCount(1);
+  // A person's name in a member list opens the same conversation.
+  await roomItem(a, "general").getByRole("link").click();
+  await a.locator(".members-toggle").click();
+  await a.getByTitle(`Message @${bobName}`).click();
+  await expect(a.locator("h1.room")).toContainText("Eli");
+  await expect(a.locator(".sidebar .dms li")).toHaveCount(1);
   const text = `just us ${Date.now()}`;
   await say(a, text);
   await expect(b.locator(".sidebar .dms li .badge")).toHaveText("1");

@@ -6,6 +6,12 @@
 //!
 //! Every message carries its sender, its number and its scheduled send time, so latency counts
 //! from when the message was due, not from when a backed-up sender got to it.
+//!
+//! With `--rooms N` (hubbub only) the load spreads over N rooms named `{room}{i}`: each client
+//! follows `--rooms-per-client` of them, each message goes to one of its sender's rooms (in turn;
+//! with 10 senders, 200 rooms and 20 per client, the senders cover every room), and what is
+//! expected is each message times the members of its room; every receiver checks that each room's
+//! seqs reach it without a gap.
 
 use clap::{Parser, ValueEnum};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -79,6 +85,13 @@ struct Args {
     /// Connections opened at once.
     #[arg(long, default_value_t = 100)]
     connect_concurrency: usize,
+    /// Spread the load over this many rooms, named `{room}0`, `{room}1`, … (hubbub only; the
+    /// token's account must be a member of them all, to send). 0: one room, `--room`.
+    #[arg(long, default_value_t = 0)]
+    rooms: usize,
+    /// With `--rooms`: how many rooms each client follows.
+    #[arg(long, default_value_t = 20)]
+    rooms_per_client: usize,
     /// PID of the server, to report its RSS per connection and CPU per delivery.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -124,7 +137,27 @@ fn proc_stats(pid: u32) -> Option<(u64, f64)> {
     Some((rss, ticks / 100.0))
 }
 
-async fn connect(args: &Args) -> Result<Ws, String> {
+/// The rooms client `c` follows: evenly spread, all distinct.
+fn rooms_of(args: &Args, c: usize) -> Vec<String> {
+    if args.rooms == 0 {
+        return vec![args.room.clone()];
+    }
+    let k = args.rooms_per_client.clamp(1, args.rooms);
+    let step = args.rooms / k;
+    (0..k)
+        .map(|j| format!("{}{}", args.room, (c + j * step) % args.rooms))
+        .collect()
+}
+
+/// The room message `n` of `sender` goes to: the sender's own rooms in turn (a socket sends only
+/// to rooms it follows).
+fn room_for(args: &Args, sender: usize, n: u64) -> String {
+    let rooms = rooms_of(args, sender);
+    let i = usize::try_from(n).unwrap_or(0) % rooms.len().max(1);
+    rooms.get(i).cloned().unwrap_or_else(|| args.room.clone())
+}
+
+async fn connect(args: &Args, c: usize) -> Result<Ws, String> {
     let mut req = args
         .url
         .as_str()
@@ -145,17 +178,21 @@ async fn connect(args: &Args) -> Result<Ws, String> {
         .await
         .map_err(|e| e.to_string())?;
     if args.protocol == Protocol::Hubbub {
-        let join = json!({"type": "join", "room": args.room}).to_string();
-        ws.send(Message::text(join))
-            .await
-            .map_err(|e| e.to_string())?;
-        // Live from here once `joined` arrives.
-        loop {
+        let rooms = rooms_of(args, c);
+        for room in &rooms {
+            let join = json!({"type": "join", "room": room}).to_string();
+            ws.send(Message::text(join))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        // Live from here once every `joined` has arrived.
+        let mut joined = 0;
+        while joined < rooms.len() {
             match ws.next().await {
                 Some(Ok(Message::Text(t))) => {
                     let v: Value = serde_json::from_str(&t).map_err(|e| e.to_string())?;
                     match v["type"].as_str() {
-                        Some("joined") => break,
+                        Some("joined") => joined += 1,
                         Some("error") => return Err(format!("join refused: {t}")),
                         _ => {}
                     }
@@ -230,6 +267,7 @@ impl LastArrival {
 async fn receive(
     mut stream: SplitStream<Ws>,
     protocol: Protocol,
+    many_rooms: bool,
     senders: usize,
     start: Instant,
     last_arrival: Arc<LastArrival>,
@@ -237,6 +275,9 @@ async fn receive(
 ) -> Seen {
     let mut seen = Seen::default();
     let mut last = vec![0u64; senders];
+    // With many rooms a receiver has only some of each sender's messages: gaps are counted per
+    // room, by seq, from the first one it saw there.
+    let mut room_seqs: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     loop {
         if *stop.borrow() {
             break;
@@ -270,6 +311,22 @@ async fn receive(
         seen.latencies.push(latency);
         last_arrival.record(sender, n, latency);
         seen.received += 1;
+        if many_rooms {
+            let (Some(room), Some(seq)) = (v["room"].as_str(), v["seq"].as_u64()) else {
+                continue;
+            };
+            match room_seqs.get_mut(room) {
+                Some(prev) if seq <= *prev => seen.duplicates_or_reordered += 1,
+                Some(prev) => {
+                    seen.gaps += seq - *prev - 1;
+                    *prev = seq;
+                }
+                None => {
+                    room_seqs.insert(room.to_owned(), seq);
+                }
+            }
+            continue;
+        }
         let prev = last[sender];
         if n <= prev {
             seen.duplicates_or_reordered += 1;
@@ -362,6 +419,8 @@ async fn send(
     sender: usize,
     start: Instant,
     sent: Arc<AtomicU64>,
+    expected: Arc<AtomicU64>,
+    members: Arc<std::collections::HashMap<String, u64>>,
 ) {
     let period = Duration::from_secs_f64(1.0 / args.rate);
     let total = messages_per_sender(&args);
@@ -397,13 +456,18 @@ async fn send(
                 }
             }
             sent.fetch_add(1, Ordering::Relaxed);
+            expected.fetch_add(
+                members.get(&args.room).copied().unwrap_or(0),
+                Ordering::Relaxed,
+            );
             continue;
         }
+        let room = room_for(&args, sender, n);
         let frame = match args.protocol {
             Protocol::Classic => json!({"user": format!("lg{sender}"), "message": text}),
             Protocol::Hubbub => json!({
                 "type": "send",
-                "room": args.room,
+                "room": room,
                 "client_id": format!("lg-{run}-{sender}-{n}"),
                 "body": text,
             }),
@@ -413,6 +477,7 @@ async fn send(
             return;
         }
         sent.fetch_add(1, Ordering::Relaxed);
+        expected.fetch_add(members.get(&room).copied().unwrap_or(0), Ordering::Relaxed);
     }
 }
 
@@ -441,11 +506,12 @@ async fn main() -> std::process::ExitCode {
     let mut failures = 0usize;
     for chunk_start in (0..args.clients).step_by(args.connect_concurrency.max(1)) {
         let n = args.connect_concurrency.min(args.clients - chunk_start);
-        let batch = (0..n).map(|_| {
+        let batch = (0..n).map(|i| {
             let args = Arc::clone(&args);
+            let c = chunk_start + i;
             async move {
                 let t = Instant::now();
-                let ws = connect(&args).await;
+                let ws = connect(&args, c).await;
                 (ws, t.elapsed())
             }
         });
@@ -477,6 +543,15 @@ async fn main() -> std::process::ExitCode {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let sent = Arc::new(AtomicU64::new(0));
     let clients = sockets.len();
+    // Who follows each room (the clients that connected are the first `clients`).
+    let mut members: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for c in 0..clients {
+        for room in rooms_of(&args, c) {
+            *members.entry(room).or_default() += 1;
+        }
+    }
+    let members = Arc::new(members);
+    let expected_count = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::with_capacity(clients);
     let mut writers = Vec::new();
     for (i, ws) in sockets.into_iter().enumerate() {
@@ -484,6 +559,7 @@ async fn main() -> std::process::ExitCode {
         readers.push(tokio::spawn(receive(
             stream,
             args.protocol,
+            args.rooms > 0,
             args.senders,
             start,
             Arc::clone(&last_arrival),
@@ -496,6 +572,8 @@ async fn main() -> std::process::ExitCode {
                 i,
                 start,
                 Arc::clone(&sent),
+                Arc::clone(&expected_count),
+                Arc::clone(&members),
             )));
         } else {
             // Receivers keep their sink so the connection stays open.
@@ -520,7 +598,11 @@ async fn main() -> std::process::ExitCode {
         eprintln!("hubbub-loadgen: senders could not keep the schedule; cut off at the deadline");
     }
     let sent = sent.load(Ordering::Relaxed);
-    let expected = sent * clients as u64;
+    let expected = if args.protocol == Protocol::Hubbub {
+        expected_count.load(Ordering::Relaxed)
+    } else {
+        sent * clients as u64
+    };
     let sending_secs = start.elapsed().as_secs_f64();
     // Wait for the deliveries to come in, or the drain time to pass.
     let drain_until = Instant::now().max(deadline) + Duration::from_secs_f64(args.drain.min(1.0));
@@ -562,12 +644,14 @@ async fn main() -> std::process::ExitCode {
         percentile(&handshakes, 1.0),
         args.connect_concurrency
     );
+    let fanout_per_message = expected as f64 / sent.max(1) as f64;
+    let offered = args.senders as f64 * args.rate * fanout_per_message;
     println!(
-        "  offered          {} senders × {} msg/s for {} s = {:.0} deliveries/s",
+        "  offered          {} senders × {} msg/s for {} s = {offered:.0} deliveries/s ({} rooms, {fanout_per_message:.0} members per message)",
         args.senders,
         args.rate,
         args.duration,
-        args.senders as f64 * args.rate * clients as f64
+        args.rooms.max(1)
     );
     println!("  messages sent    {sent}");
     println!(
@@ -609,7 +693,9 @@ async fn main() -> std::process::ExitCode {
             "clients": clients,
             "senders": args.senders,
             "rate": args.rate,
-            "offered_deliveries_per_sec": args.senders as f64 * args.rate * clients as f64,
+            "offered_deliveries_per_sec": offered,
+            "rooms": args.rooms.max(1),
+            "rooms_per_client": if args.rooms > 0 { args.rooms_per_client } else { 1 },
             "sent": sent,
             "expected": expected,
             "received": received,
