@@ -811,12 +811,21 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
             });
         }
     };
-    reload();
     let me = session.username.get_value();
     let info = {
         let room = room.clone();
         move || session.info(&room)
     };
+    // Loaded on opening, and again whenever someone joins or leaves (the member count moves with
+    // each membership event of the room's stream).
+    Effect::new({
+        let info = info.clone();
+        let reload = reload.clone();
+        move |_| {
+            let _ = info().map(|i| i.members);
+            reload();
+        }
+    });
     let is_owner = {
         let info = info.clone();
         let me = me.clone();

@@ -38,6 +38,7 @@ test("two people: a private room, an invitation, unread badges and the title cou
   await ann.getByLabel("Add someone").fill(bobName);
   await ann.getByRole("button", { name: "Add", exact: true }).click();
   await expect(ann.locator(".members li", { hasText: `@${bobName}` })).toHaveCount(1);
+  await expect(ann.getByRole("button", { name: "2 members" })).toBeVisible();
   // Bob's open page learns of it at once, without a reload.
   await expect(roomItem(bob, room)).toHaveCount(1);
   await expect(bob).toHaveTitle("hubbub");
