@@ -294,14 +294,14 @@ impl Chat {
         room: &str,
         limit: usize,
     ) -> Result<(RoomInfo, Page), ChatError> {
-        let access = self.authorize(user, room, Action::Read).await?;
+        self.authorize(user, room, Action::Read).await?;
         let (head, messages) = self
             .store
             .recent(room, limit)
             .await?
             .ok_or_else(|| ChatError::UnknownRoom(room.to_owned()))?;
-        // The head of the snapshot, not of the earlier authorisation read.
-        let mut info = access.info;
+        // The head of the snapshot, not of the earlier read.
+        let mut info = self.info(user, room).await?;
         info.head = head;
         Ok((info, Page { head, messages }))
     }
@@ -316,8 +316,18 @@ impl Chat {
         Ok(self.store.public_rooms(user.id).await?)
     }
 
+    /// The room with its member and unread counts, if the caller may read it.
     pub async fn room(&self, user: Option<&User>, room: &str) -> Result<RoomInfo, ChatError> {
-        Ok(self.authorize(user, room, Action::Read).await?.info)
+        self.authorize(user, room, Action::Read).await?;
+        self.info(user, room).await
+    }
+
+    /// The room with its counts, read after an authorisation.
+    async fn info(&self, user: Option<&User>, room: &str) -> Result<RoomInfo, ChatError> {
+        self.store
+            .room_info(room, user.map(|u| u.id))
+            .await?
+            .ok_or_else(|| ChatError::UnknownRoom(room.to_owned()))
     }
 
     pub async fn members(

@@ -501,8 +501,8 @@ impl Connection {
                     return Ok(());
                 };
                 // Read as this account sees it now: a removal may already have followed.
-                let info = match self.chat.authorize(Some(&user), room, Action::Read).await {
-                    Ok(access) if access.role.is_some() => access.info,
+                let info = match self.chat.room(Some(&user), room).await {
+                    Ok(info) if info.member => info,
                     Ok(_) | Err(ChatError::UnknownRoom(_)) => return Ok(()),
                     Err(e) => return Err(storage_failed(e)),
                 };

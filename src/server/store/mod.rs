@@ -205,12 +205,21 @@ pub trait Store: Send + Sync + 'static {
     /// Creates a bare room (tests and set-up; people make rooms with a `Change::Create` event).
     async fn create_room(&self, room: &str) -> Result<(), StoreError>;
 
-    /// The room `room` and `user`'s membership of it; `None` if there is no such room.
+    /// The room `room` and `user`'s membership of it, for authorisation (its member and unread
+    /// counts are left at zero; see `room_info`); `None` if there is no such room.
     async fn room_access(
         &self,
         room: &str,
         user: Option<i64>,
     ) -> Result<Option<RoomAccess>, StoreError>;
+
+    /// The room as `user` sees it, with its member count and `user`'s unread count; `None` if
+    /// there is no such room. (`room_access` leaves the counts at zero.)
+    async fn room_info(
+        &self,
+        room: &str,
+        user: Option<i64>,
+    ) -> Result<Option<RoomInfo>, StoreError>;
 
     /// The rooms and DMs `user` is in (archived ones left out), with unread counts.
     async fn rooms_of(&self, user: i64) -> Result<Vec<RoomInfo>, StoreError>;
