@@ -1068,3 +1068,94 @@ async fn the_invite_endpoints_hold_against_strangers_huge_fields_and_slow_bodies
         rss_after - rss_before
     );
 }
+
+#[tokio::test]
+async fn the_room_endpoints_hold_against_floods_huge_fields_and_slow_bodies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start_with(dir.path(), &[], &secure(&[]), &[]);
+    let base = server.url("");
+    let http = client();
+    let token = csrf(&http, &base).await;
+    let session = signup_session(&http, &base, &token, "ann").await;
+    let call = |method: reqwest::Method, path: &str, body: String| {
+        http.request(method, format!("{base}{path}"))
+            .header("Cookie", format!("hubbub_session={session}"))
+            .header("Origin", base.trim_end_matches('/'))
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+    };
+    let rss_before = server.status_kib("VmRSS");
+    let cpu_before = server.cpu();
+    let mut statuses = std::collections::BTreeMap::new();
+    let mut count = |s: reqwest::StatusCode| *statuses.entry(s.as_u16()).or_insert(0u32) += 1;
+    // 300 rooms asked for from one account: its hourly budget, then 429 with nothing made.
+    for i in 0..300 {
+        let r = call(reqwest::Method::POST, "/api/rooms", format!("{{\"name\":\"r{i}\"}}"))
+            .await
+            .expect("post");
+        count(r.status());
+    }
+    // 300 posts of a 1 MB body to each room endpoint: refused unread.
+    let huge = format!("{{\"name\":\"{}\"}}", "x".repeat(1024 * 1024));
+    for (method, path) in [
+        (reqwest::Method::POST, "/api/rooms"),
+        (reqwest::Method::POST, "/api/dms"),
+        (reqwest::Method::POST, "/api/rooms/general/members"),
+        (reqwest::Method::PUT, "/api/rooms/general/read"),
+        (reqwest::Method::PATCH, "/api/rooms/general"),
+    ] {
+        for _ in 0..60 {
+            let r = call(method.clone(), path, huge.clone()).await.expect("post");
+            count(r.status());
+        }
+    }
+    // 300 DMs naming 64 unknown people of 100 characters each (7 KB, under the body limit).
+    let people: Vec<String> = (0..64).map(|i| format!("{i}{}", "p".repeat(98))).collect();
+    let dm = serde_json::json!({ "usernames": people }).to_string();
+    for _ in 0..300 {
+        let r = call(reqwest::Method::POST, "/api/dms", dm.clone())
+            .await
+            .expect("post");
+        count(r.status());
+    }
+    // A room request sent a byte now and then is cut off.
+    let addr: std::net::SocketAddr = server.addr.parse().expect("addr");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"POST /api/rooms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{\"name\":")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let mut answer = [0u8; 12];
+    let read = async {
+        loop {
+            tokio::select! {
+                r = s.read_exact(&mut answer) => return r.map(|_| ()),
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                    let _ = s.write_all(b"x").await;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("cut off in time")
+        .expect("read");
+    let cut_after = started.elapsed();
+    let rss_after = server.status_kib("VmRSS");
+    let cpu = server.cpu().saturating_sub(cpu_before);
+    println!(
+        "room endpoints: {statuses:?}; slow body cut after {cut_after:?}; RSS {rss_before} KiB before, {rss_after} KiB after; server CPU {cpu:?}"
+    );
+    assert_eq!(&answer, b"HTTP/1.1 408");
+    assert_eq!(statuses.get(&201), Some(&10), "the hourly budget of rooms");
+    assert_eq!(statuses.get(&429), Some(&290));
+    assert_eq!(statuses.get(&413), Some(&300), "huge bodies refused unread");
+    assert_eq!(statuses.get(&422), Some(&300), "too many people for a DM");
+    assert!(cut_after < Duration::from_secs(17), "{cut_after:?}");
+    assert!(
+        rss_after.saturating_sub(rss_before) < 8 * 1024,
+        "RSS grew {} KiB",
+        rss_after - rss_before
+    );
+}
