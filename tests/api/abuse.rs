@@ -1091,9 +1091,13 @@ async fn the_room_endpoints_hold_against_floods_huge_fields_and_slow_bodies() {
     let mut count = |s: reqwest::StatusCode| *statuses.entry(s.as_u16()).or_insert(0u32) += 1;
     // 300 rooms asked for from one account: its hourly budget, then 429 with nothing made.
     for i in 0..300 {
-        let r = call(reqwest::Method::POST, "/api/rooms", format!("{{\"name\":\"r{i}\"}}"))
-            .await
-            .expect("post");
+        let r = call(
+            reqwest::Method::POST,
+            "/api/rooms",
+            format!("{{\"name\":\"r{i}\"}}"),
+        )
+        .await
+        .expect("post");
         count(r.status());
     }
     // 300 posts of a 1 MB body to each room endpoint: refused unread.
@@ -1106,7 +1110,9 @@ async fn the_room_endpoints_hold_against_floods_huge_fields_and_slow_bodies() {
         (reqwest::Method::PATCH, "/api/rooms/general"),
     ] {
         for _ in 0..60 {
-            let r = call(method.clone(), path, huge.clone()).await.expect("post");
+            let r = call(method.clone(), path, huge.clone())
+                .await
+                .expect("post");
             count(r.status());
         }
     }
