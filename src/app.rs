@@ -2,13 +2,14 @@
 //! room view. The same code renders on the server and hydrates in the browser; all state lives in
 //! the tab's [`Session`], and only `crate::client` (browser-only) touches the WebSocket.
 
+use crate::nav::{room_link, Nav};
+#[allow(unused_imports)] // the calls that use them are browser-only
+use crate::protocol::api::{
+    CreateRoom, Invite, OpenDm, RoomAnswer, RoomDetail, RoomsAnswer, UpdateRoom,
+};
 use crate::protocol::{EventKind, RoomKind, Visibility, DEFAULT_ROOM};
 use crate::session::{Conn, Dialog, Entry, PageData, RoomState, Session, Status};
 use leptos::prelude::*;
-use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
-use leptos_router::components::{Outlet, ParentRoute, Route, Router, Routes, A};
-use leptos_router::hooks::{use_location, use_params_map};
-use leptos_router::{path, SsrMode};
 
 /// The HTML document around the app.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
@@ -21,8 +22,9 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <meta name="color-scheme" content="light dark"/>
                 <link rel="icon" href="/favicon.svg" type="image/svg+xml"/>
                 <AutoReload options=options.clone()/>
+                <link rel="stylesheet" id="leptos" href="/pkg/hubbub.css"/>
+                <title>"hubbub"</title>
                 <HydrationScripts options/>
-                <MetaTags/>
             </head>
             <body>
                 <App/>
@@ -33,132 +35,33 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 
 #[component]
 pub fn App() -> impl IntoView {
-    provide_meta_context();
-    view! {
-        <Stylesheet id="leptos" href="/pkg/hubbub.css"/>
-        <Router>
-            <Routes fallback=|| view! { <p class="notice">"Page not found."</p> }>
-                <ParentRoute path=path!("") view=Layout ssr=SsrMode::Async>
-                    <Route path=path!("") view=RoomRoute ssr=SsrMode::Async/>
-                    <Route path=path!("r/:room") view=RoomRoute ssr=SsrMode::Async/>
-                </ParentRoute>
-            </Routes>
-        </Router>
-    }
-}
-
-/// The room a path opens on: `/r/NAME`, or the default room.
-fn room_of_path(path: &str) -> String {
-    path.strip_prefix("/r/")
-        .map(|r| r.trim_end_matches('/').to_owned())
-        .filter(|r| !r.is_empty())
-        .unwrap_or_else(|| DEFAULT_ROOM.to_owned())
-}
-
-/// What the first page renders: the account, its rooms, and the room in the URL with its last
-/// messages and head seq (the cursor the client resumes from, so nothing posted between render
-/// and connect is missed). Every read goes through the chat's one authorisation point.
-#[server]
-pub async fn load_page(room: String) -> Result<PageData, ServerFnError> {
-    use crate::server::chat::ChatError;
-    use crate::server::AppState;
-    use crate::session::RoomPage;
-    let state =
-        use_context::<AppState>().ok_or_else(|| ServerFnError::new("server state is missing"))?;
-    let parts = use_context::<axum::http::request::Parts>();
-    let headers = parts
-        .as_ref()
-        .map(|p| p.headers.clone())
-        .unwrap_or_default();
-    let peer = parts
-        .as_ref()
-        .and_then(|p| {
-            p.extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        })
-        .map(|c| c.0.ip())
-        .ok_or_else(|| ServerFnError::new("no peer address"))?;
-    let ip = state.auth.client_ip(peer, &headers);
-    let user = state
-        .auth
-        .identify(&headers, ip, false)
-        .await
-        .map_err(|_| ServerFnError::new("log in first"))?
-        .user;
-    let (csrf, new) = state.auth.csrf_token(&headers);
-    if new {
-        if let Some(resp) = use_context::<leptos_axum::ResponseOptions>() {
-            resp.append_header(
-                axum::http::header::SET_COOKIE,
-                state.auth.csrf_cookie(&csrf),
-            );
+    // The session's data is read by the server before rendering (`server::page`) and travels
+    // in the page to the browser, which hydrates from it without asking again. Only the chat's
+    // pages have it: any other path is not a page of the app.
+    match SharedValue::new(page_data).into_inner() {
+        Some(d) => {
+            let nav = Nav::new(d.requested.clone());
+            provide_context(nav);
+            let session = Session::new(d);
+            view! { <Workspace session nav/> }.into_any()
         }
-    }
-    let rooms = match &user {
-        Some(u) => state.chat.rooms(u).await.map_err(ServerFnError::new)?,
-        None => Vec::new(),
-    };
-    let room = if crate::protocol::valid_room_name(&room) {
-        room
-    } else {
-        DEFAULT_ROOM.to_owned()
-    };
-    let page = match state
-        .chat
-        .recent(user.as_ref(), &room, crate::protocol::PAGE_HISTORY)
-        .await
-    {
-        Ok((info, page)) => Some(RoomPage {
-            info,
-            head: page.head,
-            messages: page.messages,
-        }),
-        Err(ChatError::Store(e)) => return Err(ServerFnError::new(e)),
-        // A room this user may not see renders as one that does not exist.
-        Err(_) => None,
-    };
-    if page.is_none() {
-        if let Some(resp) = use_context::<leptos_axum::ResponseOptions>() {
-            resp.set_status(axum::http::StatusCode::NOT_FOUND);
-        }
-    }
-    Ok(PageData {
-        me: user.as_ref().map(|u| u.display_name.clone()),
-        me_username: user.map(|u| u.username),
-        csrf,
-        rooms,
-        requested: room,
-        room: page,
-    })
-}
-
-/// The page around every room: loads the session once (the routes below it change without
-/// reloading it), the sidebar, the dialogs, the tab title and the screen readers' live region.
-#[component]
-fn Layout() -> impl IntoView {
-    let first = room_of_path(&use_location().pathname.get_untracked());
-    let data = Resource::new(|| (), move |_| load_page(first.clone()));
-    view! {
-        <Suspense fallback=|| view! { <p class="notice">"Loading…"</p> }>
-            {move || Suspend::new(async move {
-                match data.await {
-                    Ok(d) => {
-                        let session = Session::new(d);
-                        provide_context(session);
-                        view! { <Workspace session/> }.into_any()
-                    }
-                    Err(e) => {
-                        view! { <p class="notice">"Could not load hubbub: " {e.to_string()}</p> }
-                            .into_any()
-                    }
-                }
-            })}
-        </Suspense>
+        None => view! { <p class="notice">"Page not found."</p> }.into_any(),
     }
 }
 
+/// The page's data: on the server what the request read; in the browser it always comes from the
+/// page (this runs only if it is missing there).
+fn page_data() -> Option<PageData> {
+    #[cfg(feature = "ssr")]
+    return crate::server::page::current();
+    #[cfg(not(feature = "ssr"))]
+    None
+}
+
+/// The page around every room, made once (moving between rooms changes only the room view): the
+/// sidebar, the room, the dialogs, the tab title and the screen readers' live region.
 #[component]
-fn Workspace(session: Session) -> impl IntoView {
+fn Workspace(session: Session, nav: Nav) -> impl IntoView {
     // Browser only: effects do not run during server rendering.
     Effect::new(move |_| {
         session.hydrated.set(true);
@@ -173,19 +76,27 @@ fn Workspace(session: Session) -> impl IntoView {
         }
     });
     #[cfg(feature = "hydrate")]
-    keyboard(session);
-    let title = move || match session.total_unread() {
-        0 => "hubbub".to_owned(),
-        n => format!("({n}) hubbub"),
-    };
+    keyboard(session, nav);
+    // The tab title counts what is unread (the server renders the plain one).
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |_| {
+        let title = match session.total_unread() {
+            0 => "hubbub".to_owned(),
+            n => format!("({n}) hubbub"),
+        };
+        document().set_title(&title);
+    });
     view! {
-        <Title text=title/>
         <div class="app" class:sidebar-open=move || session.sidebar_open.get()>
             <Show when=move || session.signed_in()>
-                <Sidebar session/>
+                <Sidebar session nav/>
             </Show>
-            <Outlet/>
-            <Dialogs session/>
+            // Only the room in the address re-renders the room view (not what it reads).
+            {move || {
+                let room = nav.room();
+                untrack(move || room_view(session, room))
+            }}
+            <Dialogs session nav/>
             <div class="sr-only" aria-live="polite" aria-atomic="true">
                 {move || session.announce.get()}
             </div>
@@ -196,9 +107,8 @@ fn Workspace(session: Session) -> impl IntoView {
 /// Ctrl/Cmd+K opens the quick switcher, Alt+Up/Down moves to the previous/next room, Esc closes
 /// a dialog.
 #[cfg(feature = "hydrate")]
-fn keyboard(session: Session) {
+fn keyboard(session: Session, nav: Nav) {
     use wasm_bindgen::JsCast;
-    let navigate = leptos_router::hooks::use_navigate();
     let handler = wasm_bindgen::closure::Closure::<dyn FnMut(web_sys::KeyboardEvent)>::new(
         move |ev: web_sys::KeyboardEvent| {
             let key = ev.key();
@@ -223,7 +133,7 @@ fn keyboard(session: Session) {
                     (at + 1) % order.len().max(1)
                 };
                 if let Some(room) = order.get(next) {
-                    navigate(&format!("/r/{room}"), Default::default());
+                    nav.go(room);
                 }
             }
         },
@@ -235,10 +145,9 @@ fn keyboard(session: Session) {
 }
 
 #[component]
-fn Sidebar(session: Session) -> impl IntoView {
+fn Sidebar(session: Session, nav: Nav) -> impl IntoView {
     let item = move |r: crate::protocol::RoomInfo| {
         let name = r.name.clone();
-        let href = format!("/r/{}", r.name);
         let private = r.kind == RoomKind::Room && r.visibility == Visibility::Private;
         let label = match r.kind {
             RoomKind::Room if private => r.title.clone(),
@@ -251,23 +160,21 @@ fn Sidebar(session: Session) -> impl IntoView {
             move || session.current.get() == name
         };
         let current2 = current.clone();
+        let inside = view! {
+            <span class="room-name">{private.then(lock_icon)} {label}</span>
+            {(unread > 0)
+                .then(|| {
+                    view! {
+                        <span class="badge" aria-label=format!("{unread} unread")>
+                            {unread}
+                        </span>
+                    }
+                })}
+        };
+        let close = move || session.sidebar_open.set(false);
         view! {
             <li class="room-item" class:unread={unread > 0} class:current=current2>
-                <A
-                    href=href
-                    attr:aria-current=move || current().then_some("page")
-                    on:click=move |_| session.sidebar_open.set(false)
-                >
-                    <span class="room-name">{private.then(lock_icon)} {label}</span>
-                    {(unread > 0)
-                        .then(|| {
-                            view! {
-                                <span class="badge" aria-label=format!("{unread} unread")>
-                                    {unread}
-                                </span>
-                            }
-                        })}
-                </A>
+                {room_link(nav, name.clone(), "", current, close, inside)}
             </li>
         }
     };
@@ -338,26 +245,16 @@ fn lock_icon() -> impl IntoView {
     }
 }
 
-#[component]
-fn RoomRoute() -> impl IntoView {
-    let session = expect_context::<Session>();
-    let params = use_params_map();
-    let room = move || {
-        params
-            .read()
-            .get("room")
-            .unwrap_or_else(|| DEFAULT_ROOM.to_owned())
-    };
-    move || {
-        let name = room();
-        session.current.set(name.clone());
-        session.last_error.set(None);
-        #[cfg(feature = "hydrate")]
-        let st = crate::client::open_room(session, &name);
-        #[cfg(not(feature = "hydrate"))]
-        let st = session.state(&name);
-        view! { <ChatView session st/> }
-    }
+/// The room on screen: opened in the session (its state made and loaded once, kept when the
+/// reader moves on).
+fn room_view(session: Session, name: String) -> impl IntoView {
+    session.current.set(name.clone());
+    session.last_error.set(None);
+    #[cfg(feature = "hydrate")]
+    let st = crate::client::open_room(session, &name);
+    #[cfg(not(feature = "hydrate"))]
+    let st = session.state(&name);
+    view! { <ChatView session st/> }
 }
 
 /// Times render in UTC on the server and in the browser's zone once hydrated; both as HH:MM.
@@ -794,18 +691,9 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
             let _room = room.clone();
             #[cfg(feature = "hydrate")]
             leptos::task::spawn_local(async move {
-                match crate::client::api(
-                    "GET",
-                    &format!("/api/rooms/{_room}"),
-                    serde_json::Value::Null,
-                )
-                .await
-                {
-                    Ok(v) => {
-                        if let Ok(list) = serde_json::from_value(v["members"].clone()) {
-                            members.set(list);
-                        }
-                    }
+                let url = format!("/api/rooms/{_room}");
+                match crate::client::api::<RoomDetail, ()>("GET", &url, None).await {
+                    Ok(detail) => members.set(detail.members),
                     Err(e) => note.set(Some(e)),
                 }
             });
@@ -845,9 +733,11 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
             let _reload = reload.clone();
             #[cfg(feature = "hydrate")]
             leptos::task::spawn_local(async move {
-                let body = serde_json::json!({ "username": _who });
-                match crate::client::api("POST", &format!("/api/rooms/{_room}/members"), body).await
-                {
+                let body = Invite {
+                    username: _who.clone(),
+                };
+                let url = format!("/api/rooms/{_room}/members");
+                match crate::client::api_do("POST", &url, Some(&body)).await {
                     Ok(_) => {
                         invitee.set(String::new());
                         note.set(Some(format!("Added @{_who}.")));
@@ -864,13 +754,8 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
             let _room = room.clone();
             #[cfg(feature = "hydrate")]
             leptos::task::spawn_local(async move {
-                if let Err(e) = crate::client::api(
-                    "POST",
-                    &format!("/api/rooms/{_room}/leave"),
-                    serde_json::Value::Null,
-                )
-                .await
-                {
+                let url = format!("/api/rooms/{_room}/leave");
+                if let Err(e) = crate::client::api_do("POST", &url, crate::client::NO_BODY).await {
                     note.set(Some(e));
                 }
             });
@@ -889,8 +774,18 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
                 let _ = field;
                 #[cfg(feature = "hydrate")]
                 leptos::task::spawn_local(async move {
-                    let body = serde_json::json!({ field: _value });
-                    match crate::client::api("PATCH", &format!("/api/rooms/{_room}"), body).await {
+                    let body = match field {
+                        "title" => UpdateRoom {
+                            title: Some(_value),
+                            ..Default::default()
+                        },
+                        _ => UpdateRoom {
+                            topic: Some(_value),
+                            ..Default::default()
+                        },
+                    };
+                    let url = format!("/api/rooms/{_room}");
+                    match crate::client::api_do("PATCH", &url, Some(&body)).await {
                         Ok(_) => note.set(Some("Saved.".to_owned())),
                         Err(e) => note.set(Some(e)),
                     }
@@ -914,10 +809,12 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
                     .unwrap_or(false);
                 if sure {
                     leptos::task::spawn_local(async move {
-                        let body = serde_json::json!({ "archived": true });
-                        if let Err(e) =
-                            crate::client::api("PATCH", &format!("/api/rooms/{_room}"), body).await
-                        {
+                        let body = UpdateRoom {
+                            archived: Some(true),
+                            ..Default::default()
+                        };
+                        let url = format!("/api/rooms/{_room}");
+                        if let Err(e) = crate::client::api_do("PATCH", &url, Some(&body)).await {
                             note.set(Some(e));
                         }
                     });
@@ -934,13 +831,8 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
             let _ = &who;
             #[cfg(feature = "hydrate")]
             leptos::task::spawn_local(async move {
-                match crate::client::api(
-                    "DELETE",
-                    &format!("/api/rooms/{_room}/members/{who}"),
-                    serde_json::Value::Null,
-                )
-                .await
-                {
+                let url = format!("/api/rooms/{_room}/members/{who}");
+                match crate::client::api_do("DELETE", &url, crate::client::NO_BODY).await {
                     Ok(_) => _reload(),
                     Err(e) => note.set(Some(e)),
                 }
@@ -948,22 +840,19 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
         }
     };
     // A person's name opens the direct message with them.
-    let navigate = leptos_router::hooks::use_navigate();
+    let _nav = expect_context::<Nav>();
     let message_to = move |who: String| {
-        let _navigate = navigate.clone();
         let _ = &who;
         #[cfg(feature = "hydrate")]
         leptos::task::spawn_local(async move {
-            let body = serde_json::json!({ "usernames": [who] });
-            match crate::client::api("POST", "/api/dms", body).await {
-                Ok(v) => {
-                    if let Ok(info) =
-                        serde_json::from_value::<crate::protocol::RoomInfo>(v["room"].clone())
-                    {
-                        let name = info.name.clone();
-                        session.upsert_room(info);
-                        _navigate(&format!("/r/{name}"), Default::default());
-                    }
+            let body = OpenDm {
+                usernames: vec![who],
+            };
+            match crate::client::api::<RoomAnswer, _>("POST", "/api/dms", Some(&body)).await {
+                Ok(RoomAnswer { room: info }) => {
+                    let name = info.name.clone();
+                    session.upsert_room(info);
+                    _nav.go(&name);
                 }
                 Err(e) => note.set(Some(e)),
             }
@@ -985,7 +874,7 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
                             let remove = remove.clone();
                             let someone_else = Some(&m.username) != me.as_ref();
                             let removable = owner && someone_else;
-                            let message = message_to.clone();
+                            let message = message_to;
                             let to = m.username.clone();
                             view! {
                                 <li>
@@ -1039,17 +928,13 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
 
 /// The dialogs: create a room, browse public rooms, start a direct message, switch rooms.
 #[component]
-fn Dialogs(session: Session) -> impl IntoView {
-    let navigate = leptos_router::hooks::use_navigate();
+fn Dialogs(session: Session, nav: Nav) -> impl IntoView {
     let error = RwSignal::new(None::<String>);
     let query = RwSignal::new(String::new());
     let public = RwSignal::new(Vec::<crate::protocol::RoomInfo>::new());
-    let go = {
-        let navigate = navigate.clone();
-        move |room: String| {
-            session.dialog.set(None);
-            navigate(&format!("/r/{room}"), Default::default());
-        }
+    let go = move |room: String| {
+        session.dialog.set(None);
+        nav.go(&room);
     };
     // Opening a dialog clears what the last one left; browsing loads the public rooms.
     Effect::new(move |_| {
@@ -1059,14 +944,9 @@ fn Dialogs(session: Session) -> impl IntoView {
         if d == Some(Dialog::BrowseRooms) {
             #[cfg(feature = "hydrate")]
             leptos::task::spawn_local(async move {
-                match crate::client::api("GET", "/api/rooms?public=true", serde_json::Value::Null)
-                    .await
-                {
-                    Ok(v) => {
-                        if let Ok(list) = serde_json::from_value(v["rooms"].clone()) {
-                            public.set(list);
-                        }
-                    }
+                let url = "/api/rooms?public=true";
+                match crate::client::api::<RoomsAnswer, ()>("GET", url, None).await {
+                    Ok(list) => public.set(list.rooms),
                     Err(e) => error.set(Some(e)),
                 }
             });
@@ -1076,29 +956,30 @@ fn Dialogs(session: Session) -> impl IntoView {
     let new_topic = RwSignal::new(String::new());
     let new_private = RwSignal::new(false);
     let create = {
-        let go = go.clone();
         move |ev: leptos::ev::SubmitEvent| {
             ev.prevent_default();
-            let _body = serde_json::json!({
-                "name": new_name.get_untracked().trim(),
-                "topic": new_topic.get_untracked(),
-                "visibility": if new_private.get_untracked() { "private" } else { "public" },
-            });
-            let _go = go.clone();
+            let _body = CreateRoom {
+                name: new_name.get_untracked().trim().to_owned(),
+                topic: Some(new_topic.get_untracked()),
+                visibility: if new_private.get_untracked() {
+                    Visibility::Private
+                } else {
+                    Visibility::Public
+                },
+                ..Default::default()
+            };
+            let _go = go;
             #[cfg(feature = "hydrate")]
             leptos::task::spawn_local(async move {
-                match crate::client::api("POST", "/api/rooms", _body).await {
-                    Ok(v) => {
-                        if let Ok(info) =
-                            serde_json::from_value::<crate::protocol::RoomInfo>(v["room"].clone())
-                        {
-                            let name = info.name.clone();
-                            session.upsert_room(info);
-                            new_name.set(String::new());
-                            new_topic.set(String::new());
-                            new_private.set(false);
-                            _go(name);
-                        }
+                match crate::client::api::<RoomAnswer, _>("POST", "/api/rooms", Some(&_body)).await
+                {
+                    Ok(RoomAnswer { room: info }) => {
+                        let name = info.name.clone();
+                        session.upsert_room(info);
+                        new_name.set(String::new());
+                        new_topic.set(String::new());
+                        new_private.set(false);
+                        _go(name);
                     }
                     Err(e) => error.set(Some(e)),
                 }
@@ -1106,7 +987,6 @@ fn Dialogs(session: Session) -> impl IntoView {
         }
     };
     let dm = {
-        let go = go.clone();
         move |ev: leptos::ev::SubmitEvent| {
             ev.prevent_default();
             let people: Vec<String> = query
@@ -1115,19 +995,15 @@ fn Dialogs(session: Session) -> impl IntoView {
                 .map(|s| s.trim().trim_start_matches('@').to_owned())
                 .filter(|s| !s.is_empty())
                 .collect();
-            let _body = serde_json::json!({ "usernames": people });
-            let _go = go.clone();
+            let _body = OpenDm { usernames: people };
+            let _go = go;
             #[cfg(feature = "hydrate")]
             leptos::task::spawn_local(async move {
-                match crate::client::api("POST", "/api/dms", _body).await {
-                    Ok(v) => {
-                        if let Ok(info) =
-                            serde_json::from_value::<crate::protocol::RoomInfo>(v["room"].clone())
-                        {
-                            let name = info.name.clone();
-                            session.upsert_room(info);
-                            _go(name);
-                        }
+                match crate::client::api::<RoomAnswer, _>("POST", "/api/dms", Some(&_body)).await {
+                    Ok(RoomAnswer { room: info }) => {
+                        let name = info.name.clone();
+                        session.upsert_room(info);
+                        _go(name);
                     }
                     Err(e) => error.set(Some(e)),
                 }
@@ -1135,25 +1011,15 @@ fn Dialogs(session: Session) -> impl IntoView {
         }
     };
     let join = {
-        let go = go.clone();
         move |room: String| {
-            let _go = go.clone();
+            let _go = go;
             let _ = &room;
             #[cfg(feature = "hydrate")]
             leptos::task::spawn_local(async move {
-                match crate::client::api(
-                    "POST",
-                    &format!("/api/rooms/{room}/join"),
-                    serde_json::Value::Null,
-                )
-                .await
-                {
-                    Ok(v) => {
-                        if let Ok(info) =
-                            serde_json::from_value::<crate::protocol::RoomInfo>(v["room"].clone())
-                        {
-                            session.upsert_room(info);
-                        }
+                let url = format!("/api/rooms/{room}/join");
+                match crate::client::api::<RoomAnswer, ()>("POST", &url, None).await {
+                    Ok(RoomAnswer { room: info }) => {
+                        session.upsert_room(info);
                         _go(room);
                     }
                     Err(e) => error.set(Some(e)),
@@ -1171,7 +1037,6 @@ fn Dialogs(session: Session) -> impl IntoView {
             .collect::<Vec<_>>()
     };
     let switch = {
-        let go = go.clone();
         move |ev: leptos::ev::SubmitEvent| {
             ev.prevent_default();
             if let Some(r) = matches().into_iter().next() {
@@ -1185,15 +1050,14 @@ fn Dialogs(session: Session) -> impl IntoView {
             <div class="backdrop" on:click=close></div>
             <div class="dialog" role="dialog" aria-modal="true" aria-labelledby="dialog-title">
                 {
-                    let create = create.clone();
-                    let dm = dm.clone();
-                    let join = join.clone();
-                    let switch = switch.clone();
-                    let go = go.clone();
+                    let create = create;
+                    let dm = dm;
+                    let join = join;
+                    let switch = switch;
                     move || match session.dialog.get() {
                         Some(Dialog::CreateRoom) => view! {
                             <h2 id="dialog-title">"Create a room"</h2>
-                            <form on:submit=create.clone()>
+                            <form on:submit=create>
                                 <label>"Name" <input name="name" required maxlength="64" placeholder="design-team" autofocus prop:value=move || new_name.get() on:input=move |ev| new_name.set(event_target_value(&ev))/></label>
                                 <small>"Lower-case letters, digits, - and _. It is the room's address."</small>
                                 <label>"Topic" <input name="topic" maxlength="250" prop:value=move || new_topic.get() on:input=move |ev| new_topic.set(event_target_value(&ev))/></label>
@@ -1207,10 +1071,8 @@ fn Dialogs(session: Session) -> impl IntoView {
                         Some(Dialog::BrowseRooms) => view! {
                             <h2 id="dialog-title">"Browse rooms"</h2>
                             <ul class="browse-list">
-                                {let join = join.clone(); let go = go.clone(); move || public.get().into_iter().map(|r| {
+                                {move || public.get().into_iter().map(|r| {
                                     let name = r.name.clone();
-                                    let join = join.clone();
-                                    let go = go.clone();
                                     let member = r.member;
                                     view! {
                                         <li>
@@ -1230,7 +1092,7 @@ fn Dialogs(session: Session) -> impl IntoView {
                         }.into_any(),
                         Some(Dialog::NewMessage) => view! {
                             <h2 id="dialog-title">"New message"</h2>
-                            <form on:submit=dm.clone()>
+                            <form on:submit=dm>
                                 <label>"To" <input name="to" placeholder="usernames, separated by commas" autofocus prop:value=move || query.get() on:input=move |ev| query.set(event_target_value(&ev))/></label>
                                 <small>"Up to 7 people besides you."</small>
                                 <div class="actions">
@@ -1241,13 +1103,12 @@ fn Dialogs(session: Session) -> impl IntoView {
                         }.into_any(),
                         Some(Dialog::Switcher) => view! {
                             <h2 id="dialog-title">"Switch to…"</h2>
-                            <form on:submit=switch.clone()>
+                            <form on:submit=switch>
                                 <input name="q" aria-label="Room or person" placeholder="Room or person" autofocus prop:value=move || query.get() on:input=move |ev| query.set(event_target_value(&ev))/>
                             </form>
                             <ul class="switch-list">
-                                {let go = go.clone(); move || matches().into_iter().take(8).map(|r| {
+                                {move || matches().into_iter().take(8).map(|r| {
                                     let name = r.name.clone();
-                                    let go = go.clone();
                                     view! { <li><button class="link" on:click=move |_| go(name.clone())>{r.title.clone()}</button></li> }
                                 }).collect_view()}
                             </ul>

@@ -8,9 +8,14 @@
 //! do not expose WebSocket pings. Frame types, event kinds and fields it does not know are
 //! ignored.
 
+use crate::protocol::api::{ErrorAnswer, HistoryPage};
+use crate::protocol::{
+    Ack, ErrorReply, HistoryGap, Joined, Left, Pong, ReadPosition, RoomUpdate, Welcome,
+};
 use crate::protocol::{ChatMessage, ClientFrame, RoomInfo, ServerFrame, SUBPROTOCOL};
 use crate::session::{Conn, Entry, RoomState, Session, Status};
 use leptos::prelude::*;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -261,7 +266,10 @@ fn tick(session: Session) {
     let (quiet, since_ping) =
         wire(session, |w| (t - w.last_rx, t - w.last_ping)).unwrap_or_default();
     if quiet > DEAD_AFTER {
-        leptos::logging::warn!("no word from the server for {quiet} ms: reconnecting");
+        leptos::logging::warn!(
+            "no word from the server for {} ms: reconnecting",
+            quiet as u64
+        );
         drop_socket(session, 4000);
         session.conn.set(Conn::Reconnecting);
         schedule_reconnect(session);
@@ -417,7 +425,7 @@ fn mine(session: Session, m: &ChatMessage) -> bool {
 
 fn on_frame(session: Session, frame: ServerFrame) {
     match frame {
-        ServerFrame::Welcome { rooms, .. } => {
+        ServerFrame::Welcome(Welcome { rooms, .. }) => {
             // The server's view of the account's rooms is the truth now.
             let open: Vec<RoomInfo> = rooms;
             session.rooms.set(open);
@@ -432,7 +440,7 @@ fn on_frame(session: Session, frame: ServerFrame) {
                 send_more(session, st);
             }
         }
-        ServerFrame::Joined { room, .. } => {
+        ServerFrame::Joined(Joined { room, .. }) => {
             wire(session, |w| w.joining.retain(|r| *r != room));
             if let Some(st) = session.loaded_state(&room) {
                 if let Some((first, n)) = st.replay.get_value().filter(|(_, n)| *n > 0) {
@@ -450,9 +458,9 @@ fn on_frame(session: Session, frame: ServerFrame) {
             }
         }
         ServerFrame::Message(m) => on_event(session, m),
-        ServerFrame::Ack {
+        ServerFrame::Ack(Ack {
             client_id, room, ..
-        } => {
+        }) => {
             wire(session, |w| w.in_flight.retain(|c| *c != client_id));
             if let Some(st) = session.loaded_state(&room) {
                 st.acked(&client_id);
@@ -460,8 +468,8 @@ fn on_frame(session: Session, frame: ServerFrame) {
                 send_more(session, st);
             }
         }
-        ServerFrame::Room { room } => session.upsert_room(room),
-        ServerFrame::Left { room } => {
+        ServerFrame::Room(RoomUpdate { room }) => session.upsert_room(room),
+        ServerFrame::Left(Left { room }) => {
             session.remove_room(&room);
             if session.current.get_untracked() == room {
                 session
@@ -469,8 +477,10 @@ fn on_frame(session: Session, frame: ServerFrame) {
                     .set(Some("You are no longer a member of this room.".to_owned()));
             }
         }
-        ServerFrame::Read { room, seq, unread } => session.read_up_to(&room, seq, unread),
-        ServerFrame::HistoryGap { room, .. } => {
+        ServerFrame::Read(ReadPosition { room, seq, unread }) => {
+            session.read_up_to(&room, seq, unread)
+        }
+        ServerFrame::HistoryGap(HistoryGap { room, .. }) => {
             // The server cannot replay from our cursor: load the room's newest page afresh.
             if let Some(st) = session.loaded_state(&room) {
                 st.messages.update(|l| l.retain(|e| e.seq.is_none()));
@@ -479,10 +489,10 @@ fn on_frame(session: Session, frame: ServerFrame) {
                 load_room(session, st);
             }
         }
-        ServerFrame::Error {
+        ServerFrame::Error(ErrorReply {
             message, reference, ..
-        } => on_error(session, message, reference),
-        ServerFrame::Pong { .. } => {}
+        }) => on_error(session, message, reference),
+        ServerFrame::Pong(Pong { .. }) => {}
     }
 }
 
@@ -598,7 +608,10 @@ fn new_client_id() -> String {
     web_sys::window()
         .and_then(|w| w.crypto().ok())
         .map(|c| c.random_uuid())
-        .unwrap_or_else(|| format!("c-{}-{}", now(), js_sys::Math::random()))
+        .unwrap_or_else(|| {
+            let noise = (js_sys::Math::random() * 1e15) as u64;
+            format!("c-{}-{noise}", now() as u64)
+        })
 }
 
 /// Shows the message as pending at once, keeps it in the outbox, and sends it if connected.
@@ -726,20 +739,14 @@ fn load_room(session: Session, st: RoomState) {
         crate::protocol::PAGE_HISTORY
     );
     leptos::task::spawn_local(async move {
-        #[derive(Deserialize)]
-        struct Page {
-            head: u64,
-            messages: Vec<ChatMessage>,
-        }
-        let page = async {
-            let resp = gloo_net::http::Request::get(&url).send().await?;
-            if !resp.ok() {
-                return Ok(None);
-            }
-            resp.json::<Page>().await.map(Some)
-        };
-        match page.await {
-            Ok(Some(p)) => {
+        match request("GET", &url, NO_BODY).await {
+            Ok(text) => {
+                let Ok(p) = serde_json::from_str::<HistoryPage>(&text) else {
+                    session
+                        .last_error
+                        .set(Some("could not read the room's history".to_owned()));
+                    return;
+                };
                 st.load(p.head, p.messages);
                 // Follow it live: a room the account is in is followed already; a public room
                 // is followed from the page's head (a preview).
@@ -755,11 +762,11 @@ fn load_room(session: Session, st: RoomState) {
                 send_more(session, st);
                 seen(session);
             }
-            Ok(None) => {
+            Err((404, _)) => {
                 st.loaded.set(true);
                 st.missing.set(true);
             }
-            Err(e) => session
+            Err((_, e)) => session
                 .last_error
                 .set(Some(format!("could not load the room: {e}"))),
         }
@@ -780,18 +787,7 @@ pub fn load_older(session: Session, st: RoomState) {
         crate::protocol::PAGE_HISTORY
     );
     leptos::task::spawn_local(async move {
-        #[derive(Deserialize)]
-        struct Page {
-            messages: Vec<ChatMessage>,
-        }
-        let page = async {
-            gloo_net::http::Request::get(&url)
-                .send()
-                .await?
-                .json::<Page>()
-                .await
-        };
-        match page.await {
+        match api::<HistoryPage, ()>("GET", &url, None).await {
             Ok(p) => st.prepend(p.messages),
             Err(e) => session
                 .last_error
@@ -800,34 +796,54 @@ pub fn load_older(session: Session, st: RoomState) {
     });
 }
 
-/// A JSON request to the API with the page's cookie (the browser adds the Origin); the answer's
-/// body, or the server's error message.
-pub async fn api(
+/// A JSON request to the API with the page's cookie (the browser adds the Origin), with `body`
+/// serialised as JSON when given: the answer's body, or the server's error message.
+async fn request<B: Serialize>(
     method: &str,
     url: &str,
-    body: serde_json::Value,
-) -> Result<serde_json::Value, String> {
+    body: Option<&B>,
+) -> Result<String, (u16, String)> {
+    use gloo_net::http::Request;
     let req = match method {
-        "PATCH" => gloo_net::http::Request::patch(url),
-        "PUT" => gloo_net::http::Request::put(url),
-        "DELETE" => gloo_net::http::Request::delete(url),
-        "GET" => gloo_net::http::Request::get(url),
-        _ => gloo_net::http::Request::post(url),
+        "PATCH" => Request::patch(url),
+        "PUT" => Request::put(url),
+        "DELETE" => Request::delete(url),
+        "GET" => Request::get(url),
+        _ => Request::post(url),
     };
-    let resp = if method == "GET" || method == "DELETE" {
-        req.send().await
-    } else {
-        req.json(&body).map_err(|e| e.to_string())?.send().await
+    let resp = match body {
+        Some(b) => req.json(b).map_err(|e| (0, e.to_string()))?.send().await,
+        None => req.send().await,
     }
-    .map_err(|e| e.to_string())?;
-    let ok = resp.ok();
-    let value: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
-    if ok {
-        Ok(value)
+    .map_err(|e| (0, e.to_string()))?;
+    let text = resp.text().await.unwrap_or_default();
+    if resp.ok() {
+        Ok(text)
     } else {
-        Err(value["error"]["message"]
-            .as_str()
-            .unwrap_or("the server refused")
-            .to_owned())
+        let message = serde_json::from_str::<ErrorAnswer>(&text)
+            .map(|e| e.error.message)
+            .unwrap_or_else(|_| "the server refused".to_owned());
+        Err((resp.status(), message))
     }
 }
+
+/// An API call whose answer is JSON of type `T`.
+pub async fn api<T: DeserializeOwned, B: Serialize>(
+    method: &str,
+    url: &str,
+    body: Option<&B>,
+) -> Result<T, String> {
+    let text = request(method, url, body).await.map_err(|(_, e)| e)?;
+    serde_json::from_str(&text).map_err(|e| format!("unexpected answer: {e}"))
+}
+
+/// An API call whose answer carries nothing the caller needs.
+pub async fn api_do<B: Serialize>(method: &str, url: &str, body: Option<&B>) -> Result<(), String> {
+    request(method, url, body)
+        .await
+        .map(|_| ())
+        .map_err(|(_, e)| e)
+}
+
+/// The body of a call that sends none.
+pub const NO_BODY: Option<&()> = None;

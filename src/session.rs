@@ -487,7 +487,8 @@ impl Session {
     pub fn conn_text(&self) -> String {
         match (self.conn.get(), self.retry_at.get()) {
             (Conn::Reconnecting, Some(at)) => {
-                let secs = ((at - self.now.get()) / 1000.0).ceil().max(0.0);
+                // Whole seconds, as an integer: the client never formats floats.
+                let secs = ((at - self.now.get()) / 1000.0).ceil().max(0.0) as u64;
                 format!("reconnecting in {secs} s")
             }
             (c, _) => c.label().to_owned(),

@@ -8,6 +8,7 @@
 mod helpers;
 
 use helpers::*;
+use hubbub::protocol::{Ack, ErrorReply};
 use hubbub::protocol::{ClientFrame, ServerFrame};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -86,7 +87,7 @@ async fn a_commit_reported_failed_that_landed_is_acked_and_delivered_once() {
     let mut delivered = Vec::new();
     loop {
         match next(&mut sender).await {
-            ServerFrame::Ack { client_id, seq, .. } => {
+            ServerFrame::Ack(Ack { client_id, seq, .. }) => {
                 assert_eq!((client_id.as_str(), seq), ("c-1", 1));
                 break;
             }
@@ -109,7 +110,7 @@ async fn a_commit_reported_failed_that_landed_is_acked_and_delivered_once() {
     .await;
     loop {
         match next(&mut sender).await {
-            ServerFrame::Ack { client_id, seq, .. } => {
+            ServerFrame::Ack(Ack { client_id, seq, .. }) => {
                 assert_eq!(
                     (client_id.as_str(), seq),
                     ("c-1", 1),
@@ -152,7 +153,7 @@ async fn a_panic_after_the_commit_still_delivers_the_message_once() {
     // The writer died between the commit and the feed: the sender is not told it is stored...
     loop {
         match next(&mut sender).await {
-            ServerFrame::Error { reference, .. } => {
+            ServerFrame::Error(ErrorReply { reference, .. }) => {
                 assert_eq!(reference.as_deref(), Some("c-9"));
                 break;
             }
@@ -167,7 +168,7 @@ async fn a_panic_after_the_commit_still_delivers_the_message_once() {
     send(&mut sender, &send_frame("general", "c-9", "again")).await;
     loop {
         match next(&mut sender).await {
-            ServerFrame::Ack { client_id, seq, .. } => {
+            ServerFrame::Ack(Ack { client_id, seq, .. }) => {
                 assert_eq!((client_id.as_str(), seq), ("c-9", 2));
                 break;
             }

@@ -1,7 +1,10 @@
 //! The JSON HTTP API: rooms, membership, direct messages, read positions, history and posting,
 //! health. Every room endpoint goes through the chat's one authorisation point.
 
-use crate::protocol::{self, ChatMessage, Visibility, MAX_FRAME_BYTES, MAX_PAGE, PAGE_HISTORY};
+use crate::protocol::api::{
+    CreateRoom, HistoryPage, Invite, OpenDm, RoomAnswer, RoomDetail, RoomsAnswer, UpdateRoom,
+};
+use crate::protocol::{self, MAX_FRAME_BYTES, MAX_PAGE, PAGE_HISTORY};
 use crate::server::auth::{self, Identity};
 use crate::server::chat::{server_client_id, ChatError, RoomRequest, MAX_DM_MEMBERS};
 use crate::server::error::AppError;
@@ -13,7 +16,7 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
 
@@ -48,14 +51,6 @@ pub struct HistoryQuery {
     before: Option<String>,
     after: Option<String>,
     limit: Option<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct HistoryPage {
-    pub room: String,
-    /// The room's last seq when the page was read.
-    pub head: u64,
-    pub messages: Vec<ChatMessage>,
 }
 
 fn parse_u64(name: &str, v: Option<String>) -> Result<Option<u64>, AppError> {
@@ -172,7 +167,7 @@ pub async fn rooms(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<RoomsQuery>,
-) -> Result<Json<serde_json::Value>, AppError> {
+) -> Result<Json<RoomsAnswer>, AppError> {
     let (who, _) = caller(&state, peer, &headers, false).await?;
     let user = account(&who)?;
     let rooms = match q.public.as_deref() {
@@ -184,20 +179,7 @@ pub async fn rooms(
             ))
         }
     };
-    Ok(Json(json!({ "rooms": rooms })))
-}
-
-/// Body of `POST /api/rooms`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateRoom {
-    pub name: String,
-    #[serde(default)]
-    pub title: Option<String>,
-    #[serde(default)]
-    pub topic: Option<String>,
-    #[serde(default)]
-    pub visibility: Visibility,
+    Ok(Json(RoomsAnswer { rooms }))
 }
 
 /// `POST /api/rooms`: makes a room owned by the caller.
@@ -222,7 +204,7 @@ pub async fn create_room(
             },
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(json!({ "room": room }))).into_response())
+    Ok((StatusCode::CREATED, Json(RoomAnswer { room })).into_response())
 }
 
 /// `GET /api/rooms/{room}`: the room, with its members.
@@ -231,23 +213,14 @@ pub async fn room(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(room): Path<String>,
-) -> Result<Json<serde_json::Value>, AppError> {
+) -> Result<Json<RoomDetail>, AppError> {
     let (who, _) = caller(&state, peer, &headers, false).await?;
     let info = state.chat.room(who.user.as_ref(), &room).await?;
     let members = state.chat.members(who.user.as_ref(), &room).await?;
-    Ok(Json(json!({ "room": info, "members": members })))
-}
-
-/// Body of `PATCH /api/rooms/{room}`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateRoom {
-    #[serde(default)]
-    pub title: Option<String>,
-    #[serde(default)]
-    pub topic: Option<String>,
-    #[serde(default)]
-    pub archived: Option<bool>,
+    Ok(Json(RoomDetail {
+        room: info,
+        members,
+    }))
 }
 
 /// `PATCH /api/rooms/{room}`: the owner renames it, sets its topic or archives it.
@@ -257,7 +230,7 @@ pub async fn update_room(
     headers: HeaderMap,
     Path(room): Path<String>,
     body: Bytes,
-) -> Result<Json<serde_json::Value>, AppError> {
+) -> Result<Json<RoomAnswer>, AppError> {
     let (who, _) = caller(&state, peer, &headers, true).await?;
     let user = account(&who)?;
     let req: UpdateRoom = json_body(&body)?;
@@ -276,7 +249,7 @@ pub async fn update_room(
         state.chat.archive(user, &room).await?;
     }
     let info = state.chat.room(Some(user), &room).await?;
-    Ok(Json(json!({ "room": info })))
+    Ok(Json(RoomAnswer { room: info }))
 }
 
 /// `POST /api/rooms/{room}/join`.
@@ -285,10 +258,10 @@ pub async fn join(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(room): Path<String>,
-) -> Result<Json<serde_json::Value>, AppError> {
+) -> Result<Json<RoomAnswer>, AppError> {
     let (who, _) = caller(&state, peer, &headers, true).await?;
     let info = state.chat.join(account(&who)?, &room).await?;
-    Ok(Json(json!({ "room": info })))
+    Ok(Json(RoomAnswer { room: info }))
 }
 
 /// `POST /api/rooms/{room}/leave`.
@@ -301,13 +274,6 @@ pub async fn leave(
     let (who, _) = caller(&state, peer, &headers, true).await?;
     state.chat.leave(account(&who)?, &room).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Body of `POST /api/rooms/{room}/members`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Invite {
-    pub username: String,
 }
 
 /// `POST /api/rooms/{room}/members`: adds someone to the room.
@@ -360,20 +326,13 @@ pub async fn mark_read(
     ))
 }
 
-/// Body of `POST /api/dms`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OpenDm {
-    pub usernames: Vec<String>,
-}
-
 /// `POST /api/dms`: the direct message with these people (made on the first call).
 pub async fn open_dm(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<serde_json::Value>, AppError> {
+) -> Result<Json<RoomAnswer>, AppError> {
     let (who, _) = caller(&state, peer, &headers, true).await?;
     let user = account(&who)?;
     let req: OpenDm = json_body(&body)?;
@@ -383,7 +342,7 @@ pub async fn open_dm(
         ))));
     }
     let room = state.chat.open_dm(user, &req.usernames).await?;
-    Ok(Json(json!({ "room": room })))
+    Ok(Json(RoomAnswer { room }))
 }
 
 /// `GET /healthz`: 200 when the database answers and every background task runs, else 503 (a

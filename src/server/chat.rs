@@ -1,6 +1,7 @@
 //! The one path by which a message enters the system, whichever door it came through: validate,
 //! store durably, then fan out to the room.
 
+use crate::protocol::ReadPosition;
 use crate::protocol::{
     self, ChatMessage, ClassicMessage, ErrorCode, EventKind, Invalid, MemberInfo, RoomInfo,
     RoomKind, ServerFrame, Visibility,
@@ -596,11 +597,11 @@ impl Chat {
             .mark_read(room, user.id, seq)
             .await?
             .ok_or_else(|| ChatError::NotMember(room.to_owned()))?;
-        let frame = ServerFrame::Read {
+        let frame = ServerFrame::Read(ReadPosition {
             room: room.to_owned(),
             seq: read,
             unread,
-        };
+        });
         self.hub.publish(Delivery {
             room: personal_channel(&user.username).into(),
             seq: 0,

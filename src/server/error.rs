@@ -1,13 +1,13 @@
 //! The server's error type and how it answers over HTTP: a JSON body with a shared error code;
 //! details of internal failures go to the log, not to the client.
 
+use crate::protocol::api::{ErrorAnswer, ErrorBody};
 use crate::protocol::{ErrorCode, Invalid};
 use crate::server::chat::ChatError;
 use crate::server::store::StoreError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -74,7 +74,12 @@ impl IntoResponse for AppError {
             }
             AppError::Chat(e) => chat_status(e),
         };
-        let body = json!({ "error": { "code": self.code(), "message": self.public_message() } });
+        let body = ErrorAnswer {
+            error: ErrorBody {
+                code: self.code(),
+                message: self.public_message(),
+            },
+        };
         (status, Json(body)).into_response()
     }
 }

@@ -10,13 +10,14 @@ pub mod error;
 pub mod faults;
 pub mod hub;
 pub mod limits;
+pub mod page;
 pub mod pages;
 pub mod serve;
 pub mod store;
 pub mod tasks;
 pub mod ws;
 
-use crate::app::{shell, App};
+use crate::app::shell;
 use axum::extract::{FromRef, FromRequestParts, Request, State};
 use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
@@ -25,7 +26,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
-use leptos_axum::{generate_route_list, LeptosRoutes};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -278,35 +278,28 @@ fn page_security_policy() {
     }
 }
 
-/// Sends a visitor without a session to the log-in page, unless anonymous mode is on.
-async fn require_login(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let path = req.uri().path();
-    let page = path == "/" || path.starts_with("/r/");
-    if !page || state.auth.allow_anonymous {
-        return next.run(req).await;
-    }
-    let ip = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| state.auth.client_ip(c.0.ip(), req.headers()));
-    let identified = match ip {
-        Some(ip) => state.auth.identify(req.headers(), ip, false).await.is_ok(),
-        None => false,
-    };
-    if !identified {
-        return (
-            axum::http::StatusCode::SEE_OTHER,
-            [(header::LOCATION, "/login")],
-        )
-            .into_response();
-    }
-    next.run(req).await
-}
-
 /// The whole HTTP surface of the server.
 pub fn router(state: AppState) -> Router {
-    let routes = generate_route_list(App);
+    // Rendering a page spawns tasks on Leptos's executor: tokio's, here. A second call (another
+    // router in the same process, as in the tests) finds it set, which is as good.
+    let _ = any_spawner::Executor::init_tokio();
     let options = state.leptos_options.clone();
+    // The chat's pages: the default room and any other. Everything the page needs is read
+    // before it renders (`page::page_data`), and the same `App` hydrates it in the browser.
+    let render = leptos_axum::render_app_to_stream_with_context(
+        {
+            let state = state.clone();
+            move || {
+                provide_context(state.clone());
+                page_security_policy();
+            }
+        },
+        move || shell(options.clone()),
+    );
+    let page = move |req: Request| {
+        let render = render.clone();
+        async move { render(req).await }
+    };
     let router = Router::new();
     #[cfg(feature = "autobahn")]
     let router = router.route("/autobahn/echo", get(ws::echo));
@@ -355,20 +348,13 @@ pub fn router(state: AppState) -> Router {
                     api::MAX_ROOM_BODY_BYTES,
                 )),
         )
-        .leptos_routes_with_context(
-            &state,
-            routes,
-            {
-                let state = state.clone();
-                move || {
-                    provide_context(state.clone());
-                    page_security_policy();
-                }
-            },
-            move || shell(options.clone()),
-        )
+        .route("/", get(page.clone()))
+        .route("/r/{room}", get(page))
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
-        .layer(middleware::from_fn_with_state(state.clone(), require_login))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            page::page_data,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             request_deadline,

@@ -6,6 +6,7 @@ use crate::protocol::{
     self, close, ClassicMessage, ClientFrame, ErrorCode, Invalid, RoomInfo, ServerFrame,
     DEFAULT_ROOM, MAX_FRAME_BYTES, MAX_RESUME_ROOMS, SUBPROTOCOL,
 };
+use crate::protocol::{Ack, ErrorReply, HistoryGap, Joined, Left, Pong, RoomUpdate, Welcome};
 use crate::server::access::Action;
 use crate::server::api::rate_key;
 use crate::server::auth::{self, Auth, Denied, Identity};
@@ -231,11 +232,11 @@ fn text(bytes: Utf8Bytes) -> Message {
 }
 
 fn error_frame(code: ErrorCode, message: impl Into<String>, reference: Option<String>) -> Message {
-    text(encode(&ServerFrame::Error {
+    text(encode(&ServerFrame::Error(ErrorReply {
         code,
         message: message.into(),
         reference,
-    }))
+    })))
 }
 
 /// Maps a read error to the close code the peer deserves; tungstenite itself would just drop TCP.
@@ -463,7 +464,11 @@ impl Connection {
         for info in rooms {
             if !self.cursors.contains_key(info.name.as_str()) {
                 let (name, head) = (info.name.clone(), info.head);
-                feed(socket, text(encode(&ServerFrame::Room { room: info }))).await?;
+                feed(
+                    socket,
+                    text(encode(&ServerFrame::Room(RoomUpdate { room: info }))),
+                )
+                .await?;
                 self.subscribe(socket, &name, head).await?;
             }
         }
@@ -474,9 +479,9 @@ impl Connection {
     async fn drop_room(&mut self, socket: &mut WebSocket, room: &str) -> Result<(), End> {
         self.sub.leave(room);
         if self.cursors.remove(room).is_some() && self.mode == Mode::Rich {
-            let left = ServerFrame::Left {
+            let left = ServerFrame::Left(Left {
                 room: room.to_owned(),
-            };
+            });
             feed(socket, text(encode(&left))).await?;
         }
         Ok(())
@@ -506,7 +511,11 @@ impl Connection {
                     Ok(_) | Err(ChatError::UnknownRoom(_)) => return Ok(()),
                     Err(e) => return Err(storage_failed(e)),
                 };
-                feed(socket, text(encode(&ServerFrame::Room { room: info }))).await?;
+                feed(
+                    socket,
+                    text(encode(&ServerFrame::Room(RoomUpdate { room: info }))),
+                )
+                .await?;
                 // A public room it was following as a preview goes on from its cursor.
                 if self.cursors.contains_key(room) {
                     return Ok(());
@@ -529,10 +538,10 @@ impl Connection {
         self.replay(socket, &room).await?;
         if self.mode == Mode::Rich {
             let head = self.cursors.get(&room).copied().unwrap_or(cursor);
-            let joined = ServerFrame::Joined {
+            let joined = ServerFrame::Joined(Joined {
                 room: room.to_string(),
                 head,
-            };
+            });
             feed(socket, text(encode(&joined))).await?;
         }
         Ok(())
@@ -647,10 +656,10 @@ impl Connection {
         if let Some(&cursor) = self.cursors.get(room) {
             // Already joined: its cursor stands (moving it would skip or repeat messages).
             if self.mode == Mode::Rich {
-                let joined = ServerFrame::Joined {
+                let joined = ServerFrame::Joined(Joined {
                     room: room.to_owned(),
                     head: cursor,
-                };
+                });
                 send(socket, text(encode(&joined))).await?;
             }
             return Ok(());
@@ -666,10 +675,10 @@ impl Connection {
                 if self.mode == Mode::Rich {
                     feed(
                         socket,
-                        text(encode(&ServerFrame::HistoryGap {
+                        text(encode(&ServerFrame::HistoryGap(HistoryGap {
                             room: room.to_owned(),
                             from: after,
-                        })),
+                        }))),
                     )
                     .await?;
                 }
@@ -840,13 +849,13 @@ impl Connection {
                 };
                 feed(
                     socket,
-                    text(encode(&ServerFrame::Welcome {
+                    text(encode(&ServerFrame::Welcome(Welcome {
                         user,
                         session: format!("c{}", self.sub.id()),
                         protocol: SUBPROTOCOL.to_owned(),
                         username: account.map(|u| u.username),
                         rooms: rooms.clone(),
-                    })),
+                    }))),
                 )
                 .await?;
                 for (room, after) in resume {
@@ -900,11 +909,11 @@ impl Connection {
                     .await;
                 match posted {
                     Ok(a) => {
-                        let ack = ServerFrame::Ack {
+                        let ack = ServerFrame::Ack(Ack {
                             client_id,
                             room,
                             seq: a.message.seq,
-                        };
+                        });
                         send(socket, text(encode(&ack))).await
                     }
                     Err(e) => send(socket, chat_error(&e, Some(client_id))).await,
@@ -924,7 +933,7 @@ impl Connection {
                 }
             }
             ClientFrame::Ping { nonce } => {
-                send(socket, text(encode(&ServerFrame::Pong { nonce }))).await
+                send(socket, text(encode(&ServerFrame::Pong(Pong { nonce })))).await
             }
         }
     }

@@ -4,6 +4,7 @@
 
 use crate::helpers::*;
 use hubbub::protocol::ServerFrame;
+use hubbub::protocol::{Ack, ErrorReply};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -548,7 +549,7 @@ async fn ack_latencies(ws: &mut Ws, prefix: &str, n: usize) -> Vec<Duration> {
         let t = Instant::now();
         send(ws, &send_frame("general", &format!("{prefix}{i}"), "hi")).await;
         loop {
-            if let ServerFrame::Ack { .. } = next(ws).await {
+            if let ServerFrame::Ack(Ack { .. }) = next(ws).await {
                 break;
             }
         }
@@ -708,7 +709,7 @@ async fn sockets_and_http_posts_of_one_account_share_one_budget() {
         hello(&mut ws, i).await;
         send(&mut ws, &send_frame("general", &format!("loop{i}"), "hi")).await;
         loop {
-            if let ServerFrame::Ack { .. } = next(&mut ws).await {
+            if let ServerFrame::Ack(Ack { .. }) = next(&mut ws).await {
                 break;
             }
         }
@@ -755,8 +756,8 @@ async fn sockets_and_http_posts_of_one_account_share_one_budget() {
     let mut acks = 0;
     while acks < 3 {
         match next(&mut ws).await {
-            ServerFrame::Ack { .. } => acks += 1,
-            ServerFrame::Error { message, .. } => panic!("refused: {message}"),
+            ServerFrame::Ack(Ack { .. }) => acks += 1,
+            ServerFrame::Error(ErrorReply { message, .. }) => panic!("refused: {message}"),
             _ => {}
         }
     }

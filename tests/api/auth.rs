@@ -2,6 +2,7 @@
 
 use crate::helpers::*;
 use hubbub::protocol::ServerFrame;
+use hubbub::protocol::{Joined, Welcome};
 use serde_json::json;
 use sqlx::Connection;
 use std::time::Duration;
@@ -63,13 +64,16 @@ async fn a_session_opens_a_socket_and_the_identity_comes_from_it() {
     )
     .await;
     match next(&mut ws).await {
-        ServerFrame::Welcome { user, .. } => assert_eq!(user, "Ann A."),
+        ServerFrame::Welcome(Welcome { user, .. }) => assert_eq!(user, "Ann A."),
         other => panic!("{other:?}"),
     }
     // Her sign-up put her in general: that event comes first.
     let joined = next_message(&mut ws).await;
     assert_eq!(joined.member.as_deref(), Some("ann"));
-    assert!(matches!(next(&mut ws).await, ServerFrame::Joined { .. }));
+    assert!(matches!(
+        next(&mut ws).await,
+        ServerFrame::Joined(Joined { .. })
+    ));
     send_text(
         &mut ws,
         r#"{"type":"send","room":"general","client_id":"a1","body":"hi","user":"mallory"}"#,

@@ -3,6 +3,7 @@
 use crate::helpers::*;
 use futures_util::SinkExt;
 use hubbub::protocol::{ErrorCode, ServerFrame, MAX_BODY_CHARS};
+use hubbub::protocol::{ErrorReply, Pong};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -10,9 +11,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 async fn expect_error(ws: &mut Ws, code: ErrorCode) {
     match next(ws).await {
-        ServerFrame::Error {
+        ServerFrame::Error(ErrorReply {
             code: got, message, ..
-        } => {
+        }) => {
             assert_eq!(got, code, "{message}");
             assert!(!message.is_empty());
         }
@@ -22,7 +23,7 @@ async fn expect_error(ws: &mut Ws, code: ErrorCode) {
 
 async fn still_usable(ws: &mut Ws) {
     send_text(ws, r#"{"type":"ping","nonce":7}"#).await;
-    assert_eq!(next(ws).await, ServerFrame::Pong { nonce: Some(7) });
+    assert_eq!(next(ws).await, ServerFrame::Pong(Pong { nonce: Some(7) }));
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! within its promise.
 
 use crate::helpers::*;
+use hubbub::protocol::{Ack, ErrorReply, HistoryGap, Joined, Pong, Welcome};
 use hubbub::protocol::{ClientFrame, ErrorCode, ServerFrame};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -102,7 +103,7 @@ async fn a_second_join_keeps_the_cursor_whichever_way_it_points() {
     while let Ok(frame) = tokio::time::timeout(Duration::from_millis(500), next(&mut ws)).await {
         match frame {
             ServerFrame::Message(m) => seqs.push(m.seq),
-            ServerFrame::Joined { .. } => joined += 1,
+            ServerFrame::Joined(Joined { .. }) => joined += 1,
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -119,7 +120,7 @@ async fn a_hello_resumes_at_most_100_rooms_and_pays_for_each() {
     let resume: BTreeMap<String, u64> = (0..101).map(|i| (format!("room{i}"), 0)).collect();
     send(&mut ws, &ClientFrame::Hello { resume, user: None }).await;
     match next(&mut ws).await {
-        ServerFrame::Error { code, message, .. } => {
+        ServerFrame::Error(ErrorReply { code, message, .. }) => {
             assert_eq!(code, ErrorCode::InvalidFrame);
             assert!(message.contains("100"), "{message}");
         }
@@ -128,7 +129,10 @@ async fn a_hello_resumes_at_most_100_rooms_and_pays_for_each() {
     // Refused outright, it cost one: the next frame goes at once.
     send(&mut ws, &ClientFrame::Ping { nonce: Some(1) }).await;
     let t = Instant::now();
-    assert_eq!(next(&mut ws).await, ServerFrame::Pong { nonce: Some(1) });
+    assert_eq!(
+        next(&mut ws).await,
+        ServerFrame::Pong(Pong { nonce: Some(1) })
+    );
     assert!(
         t.elapsed() < Duration::from_millis(500),
         "{:?}",
@@ -142,11 +146,11 @@ async fn a_hello_resumes_at_most_100_rooms_and_pays_for_each() {
     let t = Instant::now();
     loop {
         match next(&mut ws).await {
-            ServerFrame::Pong { nonce } => {
+            ServerFrame::Pong(Pong { nonce }) => {
                 assert_eq!(nonce, Some(2));
                 break;
             }
-            ServerFrame::Welcome { .. } | ServerFrame::Error { .. } => {}
+            ServerFrame::Welcome(Welcome { .. }) | ServerFrame::Error(ErrorReply { .. }) => {}
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -169,20 +173,23 @@ async fn a_join_that_would_replay_more_than_10000_answers_history_gap() {
     let mut resume = BTreeMap::new();
     resume.insert("general".to_owned(), 0u64);
     send(&mut far, &ClientFrame::Hello { resume, user: None }).await;
-    assert!(matches!(next(&mut far).await, ServerFrame::Welcome { .. }));
+    assert!(matches!(
+        next(&mut far).await,
+        ServerFrame::Welcome(Welcome { .. })
+    ));
     assert_eq!(
         next(&mut far).await,
-        ServerFrame::HistoryGap {
+        ServerFrame::HistoryGap(HistoryGap {
             room: "general".into(),
             from: 0
-        }
+        })
     );
     assert_eq!(
         next(&mut far).await,
-        ServerFrame::Joined {
+        ServerFrame::Joined(Joined {
             room: "general".into(),
             head
-        }
+        })
     );
     // Live from there.
     app.post("general", json!({"body": "after"})).await;
@@ -410,7 +417,7 @@ async fn round(ws: &mut Ws, body: &str, tag: usize, n: usize) {
     }
     let mut acks = 0;
     while acks < n {
-        if let ServerFrame::Ack { .. } = next(ws).await {
+        if let ServerFrame::Ack(Ack { .. }) = next(ws).await {
             acks += 1;
         }
     }

@@ -2,6 +2,7 @@
 
 use crate::helpers::*;
 use futures_util::future::join_all;
+use hubbub::protocol::Ack;
 use hubbub::protocol::{ClassicMessage, ServerFrame};
 use serde_json::json;
 
@@ -65,7 +66,7 @@ async fn ten_concurrent_senders_give_everyone_the_same_gapless_order() {
             let mut seen = Vec::new();
             while acks < 100 || seen.len() < 1000 {
                 match next(&mut ws).await {
-                    ServerFrame::Ack { .. } => acks += 1,
+                    ServerFrame::Ack(Ack { .. }) => acks += 1,
                     ServerFrame::Message(m) => seen.push((m.seq, m.client_id)),
                     other => panic!("unexpected {other:?}"),
                 }

@@ -4,6 +4,7 @@
 use crate::helpers::*;
 use futures_util::future::join_all;
 use futures_util::{SinkExt, StreamExt};
+use hubbub::protocol::{Ack, ErrorReply, HistoryGap, Joined, Pong, Welcome};
 use hubbub::protocol::{ClientFrame, ServerFrame};
 use serde_json::json;
 use sqlx::Connection;
@@ -34,14 +35,17 @@ async fn a_cut_connection_resumes_with_exactly_the_1000_it_missed() {
     assert_eq!(acks.len(), 1000);
     let mut a = app.rich_raw().await;
     send_text(&mut a, r#"{"type":"hello","resume":{"general":1}}"#).await;
-    assert!(matches!(next(&mut a).await, ServerFrame::Welcome { .. }));
+    assert!(matches!(
+        next(&mut a).await,
+        ServerFrame::Welcome(Welcome { .. })
+    ));
     for i in 0..1000u64 {
         let m = next_message(&mut a).await;
         assert_eq!((m.seq, m.client_id), (i + 2, format!("missed-{i}")));
     }
     assert!(matches!(
         next(&mut a).await,
-        ServerFrame::Joined { head: 1001, .. }
+        ServerFrame::Joined(Joined { head: 1001, .. })
     ));
     send(&mut b, &send_frame("general", "live", "live")).await;
     assert_eq!(next_message(&mut a).await.seq, 1002);
@@ -77,7 +81,7 @@ async fn sigkill_in_a_stream_of_sends_loses_no_acked_message() {
             .expect("no stall")
         {
             Some(Ok(Message::Text(t))) => {
-                if let Ok(ServerFrame::Ack { client_id, seq, .. }) = serde_json::from_str(&t) {
+                if let Ok(ServerFrame::Ack(Ack { client_id, seq, .. })) = serde_json::from_str(&t) {
                     acked.insert(client_id, seq);
                 }
             }
@@ -231,11 +235,16 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer_and_nobody_els
     let started = Instant::now();
     let mut late = server.rich_raw().await;
     send_text(&mut late, r#"{"type":"hello","resume":{"general":0}}"#).await;
-    assert!(matches!(next(&mut late).await, ServerFrame::Welcome { .. }));
+    assert!(matches!(
+        next(&mut late).await,
+        ServerFrame::Welcome(Welcome { .. })
+    ));
     for seq in 1..=total {
         assert_eq!(next_message(&mut late).await.seq, seq);
     }
-    assert!(matches!(next(&mut late).await, ServerFrame::Joined { head, .. } if head == total));
+    assert!(
+        matches!(next(&mut late).await, ServerFrame::Joined(Joined { head, .. }) if head == total)
+    );
     println!(
         "catch-up: {total} missed messages replayed in {:.0} ms",
         started.elapsed().as_secs_f64() * 1000.0
@@ -263,7 +272,7 @@ async fn a_frozen_client_is_closed_within_two_ping_intervals() {
         let mut pongs = 0;
         while started.elapsed() < interval * 4 {
             send_text(&mut alive, r#"{"type":"ping"}"#).await;
-            if let ServerFrame::Pong { .. } = next(&mut alive).await {
+            if let ServerFrame::Pong(Pong { .. }) = next(&mut alive).await {
                 pongs += 1;
             }
             tokio::time::sleep(interval / 4).await;
@@ -279,7 +288,10 @@ async fn a_frozen_client_is_closed_within_two_ping_intervals() {
     }
     assert_eq!(close_code(&mut frozen).await, 4002);
     send_text(&mut alive, r#"{"type":"ping","nonce":1}"#).await;
-    assert_eq!(next(&mut alive).await, ServerFrame::Pong { nonce: Some(1) });
+    assert_eq!(
+        next(&mut alive).await,
+        ServerFrame::Pong(Pong { nonce: Some(1) })
+    );
 }
 
 #[tokio::test]
@@ -293,22 +305,25 @@ async fn a_cursor_that_cannot_be_served_gets_an_explicit_answer() {
         r#"{"type":"hello","resume":{"general":999,"gone":5}}"#,
     )
     .await;
-    assert!(matches!(next(&mut ws).await, ServerFrame::Welcome { .. }));
+    assert!(matches!(
+        next(&mut ws).await,
+        ServerFrame::Welcome(Welcome { .. })
+    ));
     let mut answers = Vec::new();
     for _ in 0..3 {
         answers.push(next(&mut ws).await);
     }
-    assert!(answers.contains(&ServerFrame::HistoryGap {
+    assert!(answers.contains(&ServerFrame::HistoryGap(HistoryGap {
         room: "general".into(),
         from: 999
-    }));
-    assert!(answers.contains(&ServerFrame::Joined {
+    })));
+    assert!(answers.contains(&ServerFrame::Joined(Joined {
         room: "general".into(),
         head: 1
-    }));
+    })));
     assert!(answers.iter().any(|f| matches!(
         f,
-        ServerFrame::Error { code: hubbub::protocol::ErrorCode::UnknownRoom, reference: Some(r), .. } if r == "gone"
+        ServerFrame::Error(ErrorReply { code: hubbub::protocol::ErrorCode::UnknownRoom, reference: Some(r), .. }) if r == "gone"
     )));
     app.post("general", json!({"body": "two"})).await;
     assert_eq!(next_message(&mut ws).await.seq, 2);

@@ -1,6 +1,7 @@
 //! Starting the server on port 0 and talking to it.
 
 use futures_util::{SinkExt, StreamExt};
+use hubbub::protocol::{Ack, Joined, Welcome};
 use hubbub::protocol::{ChatMessage, ClientFrame, ServerFrame, SUBPROTOCOL};
 use hubbub::server::{self, config, Config};
 use serde_json::Value;
@@ -188,7 +189,7 @@ pub async fn send_many(ws: &mut Ws, prefix: &str, n: usize) -> Vec<u64> {
     }
     let mut acks = Vec::new();
     while acks.len() < n {
-        if let ServerFrame::Ack { seq, client_id, .. } = next(ws).await {
+        if let ServerFrame::Ack(Ack { seq, client_id, .. }) = next(ws).await {
             if !client_id.starts_with(&format!("{prefix}-")) {
                 continue;
             }
@@ -210,10 +211,13 @@ pub async fn hello(ws: &mut Ws, after: u64) {
         },
     )
     .await;
-    assert!(matches!(next(ws).await, ServerFrame::Welcome { .. }));
+    assert!(matches!(
+        next(ws).await,
+        ServerFrame::Welcome(Welcome { .. })
+    ));
     loop {
         match next(ws).await {
-            ServerFrame::Joined { .. } => return,
+            ServerFrame::Joined(Joined { .. }) => return,
             ServerFrame::Message(m) if after > 0 || !m.is_message() => continue,
             other => panic!("expected joined, got {other:?}"),
         }
@@ -264,7 +268,7 @@ pub async fn next_message(ws: &mut Ws) -> ChatMessage {
     loop {
         match next(ws).await {
             ServerFrame::Message(m) => return m,
-            ServerFrame::Ack { .. } => continue,
+            ServerFrame::Ack(Ack { .. }) => continue,
             other => panic!("expected a message, got {other:?}"),
         }
     }

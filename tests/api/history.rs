@@ -2,6 +2,7 @@
 
 use crate::helpers::*;
 use hubbub::protocol::ServerFrame;
+use hubbub::protocol::{Ack, Joined, Welcome};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -13,7 +14,7 @@ async fn an_ack_comes_only_after_the_row_is_stored() {
         send(&mut ws, &send_frame("general", &id, "durable")).await;
         let seq = loop {
             match next(&mut ws).await {
-                ServerFrame::Ack { client_id, seq, .. } => {
+                ServerFrame::Ack(Ack { client_id, seq, .. }) => {
                     assert_eq!(client_id, id);
                     break seq;
                 }
@@ -73,17 +74,20 @@ async fn resume_after_a_dropped_connection_gets_exactly_what_was_missed() {
     assert_eq!(send_many(&mut b, "missed", 25).await.len(), 25);
     let mut a = app.rich_raw().await;
     send_text(&mut a, r#"{"type":"hello","resume":{"general":1}}"#).await;
-    assert!(matches!(next(&mut a).await, ServerFrame::Welcome { .. }));
+    assert!(matches!(
+        next(&mut a).await,
+        ServerFrame::Welcome(Welcome { .. })
+    ));
     for i in 0..25u64 {
         let m = next_message(&mut a).await;
         assert_eq!((m.seq, m.client_id), (i + 2, format!("missed-{i}")));
     }
     assert_eq!(
         next(&mut a).await,
-        ServerFrame::Joined {
+        ServerFrame::Joined(Joined {
             room: "general".into(),
             head: 26
-        }
+        })
     );
     // Then live traffic, with nothing repeated.
     send(&mut b, &send_frame("general", "live", "after resume")).await;
@@ -104,7 +108,7 @@ async fn a_resent_client_id_is_stored_once_and_acked_each_time() {
     let mut messages = 0;
     while acks.len() < 3 {
         match next(&mut sender).await {
-            ServerFrame::Ack { seq, client_id, .. } => {
+            ServerFrame::Ack(Ack { seq, client_id, .. }) => {
                 assert_eq!(client_id, "same-id");
                 acks.push(seq);
             }

@@ -1,6 +1,7 @@
 //! Limits at the HTTP layer, and TLS.
 
 use crate::helpers::*;
+use hubbub::protocol::{Ack, ErrorReply};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -221,8 +222,8 @@ async fn a_socket_over_its_rate_is_slowed_then_closed_after_ten_seconds_while_ot
             while let Ok(Some(Ok(msg))) = tokio::time::timeout(WAIT, stream.next()).await {
                 match msg {
                     Message::Text(t) => match serde_json::from_str(&t) {
-                        Ok(ServerFrame::Ack { .. }) => acks += 1,
-                        Ok(ServerFrame::Error { .. }) => errors += 1,
+                        Ok(ServerFrame::Ack(Ack { .. })) => acks += 1,
+                        Ok(ServerFrame::Error(ErrorReply { .. })) => errors += 1,
                         _ => {}
                     },
                     Message::Close(f) => {
@@ -262,7 +263,7 @@ async fn a_socket_over_its_rate_is_slowed_then_closed_after_ten_seconds_while_ot
     while let Ok(Some(Ok(Message::Text(t)))) =
         tokio::time::timeout(Duration::from_millis(500), polite.next()).await
     {
-        if let Ok(ServerFrame::Ack { .. }) = serde_json::from_str(&t) {
+        if let Ok(ServerFrame::Ack(Ack { .. })) = serde_json::from_str(&t) {
             polite_seen += 1;
         }
     }

@@ -3,6 +3,7 @@
 
 use crate::helpers::*;
 use hubbub::protocol::{ClientFrame, EventKind, ServerFrame};
+use hubbub::protocol::{ErrorReply, Joined, Left, ReadPosition, RoomUpdate, Welcome};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -44,7 +45,7 @@ impl Person {
         let resume: BTreeMap<String, u64> =
             resume.iter().map(|(r, s)| ((*r).to_owned(), *s)).collect();
         send(&mut ws, &ClientFrame::Hello { resume, user: None }).await;
-        let ServerFrame::Welcome { rooms, .. } = next(&mut ws).await else {
+        let ServerFrame::Welcome(Welcome { rooms, .. }) = next(&mut ws).await else {
             panic!("expected welcome");
         };
         (ws, rooms.into_iter().map(|r| r.name).collect())
@@ -68,7 +69,7 @@ async fn until(ws: &mut Ws, mut want: impl FnMut(&ServerFrame) -> bool) -> Serve
 /// Reads until the `joined` of every room the welcome listed, collecting the messages before.
 async fn settle(ws: &mut Ws, rooms: usize) {
     for _ in 0..rooms {
-        until(ws, |f| matches!(f, ServerFrame::Joined { .. })).await;
+        until(ws, |f| matches!(f, ServerFrame::Joined(Joined { .. }))).await;
     }
 }
 
@@ -168,8 +169,10 @@ async fn a_private_room_is_invisible_from_outside_on_every_path() {
 
     // The socket: resume, join and send are refused as for an unknown room.
     let (mut probe, _) = bob.socket(&app, &[("secret", 0)]).await;
-    let ServerFrame::Error { code, .. } =
-        until(&mut probe, |f| matches!(f, ServerFrame::Error { .. })).await
+    let ServerFrame::Error(ErrorReply { code, .. }) = until(&mut probe, |f| {
+        matches!(f, ServerFrame::Error(ErrorReply { .. }))
+    })
+    .await
     else {
         unreachable!()
     };
@@ -182,15 +185,19 @@ async fn a_private_room_is_invisible_from_outside_on_every_path() {
         },
     )
     .await;
-    let ServerFrame::Error { code, .. } =
-        until(&mut probe, |f| matches!(f, ServerFrame::Error { .. })).await
+    let ServerFrame::Error(ErrorReply { code, .. }) = until(&mut probe, |f| {
+        matches!(f, ServerFrame::Error(ErrorReply { .. }))
+    })
+    .await
     else {
         unreachable!()
     };
     assert_eq!(code.as_str(), "unknown_room");
     send(&mut probe, &send_frame("secret", "c1", "let me in")).await;
-    let ServerFrame::Error { code, .. } =
-        until(&mut probe, |f| matches!(f, ServerFrame::Error { .. })).await
+    let ServerFrame::Error(ErrorReply { code, .. }) = until(&mut probe, |f| {
+        matches!(f, ServerFrame::Error(ErrorReply { .. }))
+    })
+    .await
     else {
         unreachable!()
     };
@@ -207,8 +214,10 @@ async fn a_private_room_is_invisible_from_outside_on_every_path() {
         )
         .await;
     assert_eq!(s, 204);
-    let ServerFrame::Room { room } =
-        until(&mut bob_ws, |f| matches!(f, ServerFrame::Room { .. })).await
+    let ServerFrame::Room(RoomUpdate { room }) = until(&mut bob_ws, |f| {
+        matches!(f, ServerFrame::Room(RoomUpdate { .. }))
+    })
+    .await
     else {
         unreachable!()
     };
@@ -221,7 +230,7 @@ async fn a_private_room_is_invisible_from_outside_on_every_path() {
     assert_eq!(invited.username.as_deref(), Some("ann"));
     assert!(matches!(
         next(&mut bob_ws).await,
-        ServerFrame::Joined { .. }
+        ServerFrame::Joined(Joined { .. })
     ));
     let (s, page) = bob.get(&app, "/api/rooms/secret/messages").await;
     assert_eq!(s, 200);
@@ -241,7 +250,9 @@ async fn a_private_room_is_invisible_from_outside_on_every_path() {
         panic!("expected the removal event");
     };
     assert_eq!(removed.kind, EventKind::MemberRemoved);
-    assert!(matches!(next(&mut bob_ws).await, ServerFrame::Left { room } if room == "secret"));
+    assert!(
+        matches!(next(&mut bob_ws).await, ServerFrame::Left(Left { room }) if room == "secret")
+    );
     ann.post(
         &app,
         "/api/rooms/secret/messages",
@@ -318,7 +329,7 @@ async fn membership_and_room_changes_are_events_replayed_in_seq_order() {
                 assert_eq!(m.seq, kinds.len() as u64 + 1, "gapless");
                 kinds.push(m.kind);
             }
-            ServerFrame::Joined { room, head } if room == "design" => {
+            ServerFrame::Joined(Joined { room, head }) if room == "design" => {
                 assert_eq!(head, 6);
                 break;
             }
@@ -426,8 +437,10 @@ async fn unread_counts_follow_the_reader_across_sessions() {
         },
     )
     .await;
-    let ServerFrame::Read { room, seq, unread } =
-        until(&mut tab2, |f| matches!(f, ServerFrame::Read { .. })).await
+    let ServerFrame::Read(ReadPosition { room, seq, unread }) = until(&mut tab2, |f| {
+        matches!(f, ServerFrame::Read(ReadPosition { .. }))
+    })
+    .await
     else {
         unreachable!()
     };
@@ -485,8 +498,10 @@ async fn a_dm_is_the_same_room_every_time_and_private_to_its_people() {
         assert_eq!(again["room"]["name"], name.as_str());
     }
     // Bob's open socket follows the new conversation without asking.
-    let ServerFrame::Room { room } =
-        until(&mut bob_ws, |f| matches!(f, ServerFrame::Room { .. })).await
+    let ServerFrame::Room(RoomUpdate { room }) = until(&mut bob_ws, |f| {
+        matches!(f, ServerFrame::Room(RoomUpdate { .. }))
+    })
+    .await
     else {
         unreachable!()
     };
@@ -680,7 +695,10 @@ async fn classic_clients_see_only_the_chat_messages_of_general() {
     // A rich client sees both, the author with her handle.
     let mut rich = app.rich_raw().await;
     send_text(&mut rich, r#"{"type":"hello","resume":{"general":0}}"#).await;
-    assert!(matches!(next(&mut rich).await, ServerFrame::Welcome { .. }));
+    assert!(matches!(
+        next(&mut rich).await,
+        ServerFrame::Welcome(Welcome { .. })
+    ));
     let joined = next_message(&mut rich).await;
     assert_eq!(joined.kind, EventKind::MemberJoined);
     assert_eq!(joined.member.as_deref(), Some("ann"));
@@ -689,7 +707,10 @@ async fn classic_clients_see_only_the_chat_messages_of_general() {
         (said.username.as_deref(), said.user_id.is_some(), said.guest),
         (Some("ann"), true, false)
     );
-    assert!(matches!(next(&mut rich).await, ServerFrame::Joined { .. }));
+    assert!(matches!(
+        next(&mut rich).await,
+        ServerFrame::Joined(Joined { .. })
+    ));
     // A guest's message is marked as a guest's.
     app.post("general", json!({"body": "who am i", "user": "Ann"}))
         .await;
