@@ -287,7 +287,13 @@ fn event_text(e: &Entry) -> String {
         EventKind::TopicChanged if e.body.is_empty() => format!("{who} cleared the topic"),
         EventKind::TopicChanged => format!("{who} set the topic: {}", e.body),
         EventKind::RoomArchived => format!("{who} archived the room"),
-        EventKind::Message | EventKind::Other => String::new(),
+        // Changes to a message show on the message, not as lines of their own.
+        EventKind::MessageEdited
+        | EventKind::MessageDeleted
+        | EventKind::ReactionAdded
+        | EventKind::ReactionRemoved
+        | EventKind::Message
+        | EventKind::Other => String::new(),
     }
 }
 

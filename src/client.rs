@@ -10,7 +10,8 @@
 
 use crate::protocol::api::{ErrorAnswer, HistoryPage};
 use crate::protocol::{
-    Ack, ErrorReply, HistoryGap, Joined, Left, Pong, ReadPosition, RoomUpdate, Welcome,
+    Ack, ErrorReply, HistoryGap, Joined, Left, Pong, PresenceUpdate, Quote, ReadPosition,
+    RoomUpdate, TypingNote, Welcome,
 };
 use crate::protocol::{ChatMessage, ClientFrame, RoomInfo, ServerFrame, SUBPROTOCOL};
 use crate::session::{Conn, Entry, RoomState, Session, Status};
@@ -61,6 +62,12 @@ pub struct Wire {
     read_due: HashMap<String, u64>,
     /// Rooms whose `joined` has not come since the hello.
     joining: Vec<String>,
+    /// Per room, when this tab last said the user was typing there (ms).
+    typing_sent: HashMap<String, f64>,
+    /// What this tab last told the server of the user's presence, and when the user last did
+    /// something (ms).
+    told_idle: bool,
+    last_input: f64,
 }
 
 /// The session's wire, for a change or a look.
@@ -77,6 +84,10 @@ struct OutboxItem {
     ts: i64,
     #[serde(default)]
     failed: Option<String>,
+    #[serde(default)]
+    reply_to: Option<u64>,
+    #[serde(default)]
+    reply: Option<Quote>,
 }
 
 fn now() -> f64 {
@@ -135,6 +146,8 @@ fn save_outbox(session: Session, st: RoomState) {
             body: e.body,
             ts: e.ts,
             failed: e.error,
+            reply_to: e.reply_to,
+            reply: e.reply,
         })
         .collect();
     if let (Some(s), Ok(json)) = (local_storage(), serde_json::to_string(&items)) {
@@ -164,6 +177,8 @@ pub fn restore_outbox(session: Session, st: RoomState) {
                 continue;
             }
             let mut e = Entry::pending(item.client_id, item.user, item.body, item.ts);
+            e.reply_to = item.reply_to;
+            e.reply = item.reply;
             if item.failed.is_some() {
                 e.status = Status::Failed;
                 e.error = item.failed;
@@ -234,7 +249,13 @@ pub fn start(session: Session) {
                 session.retry_at.set(None);
             }
         });
-        listen(&window, "focus", move || seen(session));
+        listen(&window, "focus", move || {
+            input(session);
+            seen(session);
+        });
+        for event in ["keydown", "pointerdown", "wheel"] {
+            listen(&window, event, move || input(session));
+        }
         if let Some(document) = window.document() {
             listen(&document, "visibilitychange", move || {
                 if visible()
@@ -246,10 +267,16 @@ pub fn start(session: Session) {
                 {
                     connect(session);
                 }
+                if visible() {
+                    input(session);
+                } else {
+                    report_presence(session, now());
+                }
                 seen(session);
             });
         }
     }
+    wire(session, |w| w.last_input = now());
     set_interval(move || tick(session), Duration::from_secs(1));
     connect(session);
 }
@@ -259,10 +286,14 @@ pub fn start(session: Session) {
 fn tick(session: Session) {
     let t = now();
     session.now.set(t);
+    for st in session.states() {
+        st.expire_typing(t);
+    }
     if session.conn.get_untracked() != Conn::Connected {
         return;
     }
     flush_reads(session);
+    report_presence(session, t);
     let (quiet, since_ping) =
         wire(session, |w| (t - w.last_rx, t - w.last_ping)).unwrap_or_default();
     if quiet > DEAD_AFTER {
@@ -276,6 +307,37 @@ fn tick(session: Session) {
     } else if quiet > PING_AFTER && since_ping > PING_AFTER {
         wire(session, |w| w.last_ping = t);
         send_frame(session, &ClientFrame::Ping { nonce: None });
+    }
+}
+
+/// The user did something: they are active (told at once if this tab had said idle).
+fn input(session: Session) {
+    let t = now();
+    wire(session, |w| w.last_input = t);
+    report_presence(session, t);
+}
+
+/// Tells the server whether this tab's user is idle (no input for the configured while, or the
+/// tab hidden) or active, when that changed.
+fn report_presence(session: Session, t: f64) {
+    if session.conn.get_untracked() != Conn::Connected || !session.signed_in() {
+        return;
+    }
+    let after = session.settings.with_value(|s| s.idle_after_ms) as f64;
+    let idle = !visible() || wire(session, |w| t - w.last_input >= after).unwrap_or(false);
+    let changed = wire(session, |w| {
+        let changed = w.told_idle != idle;
+        w.told_idle = idle;
+        changed
+    })
+    .unwrap_or(false);
+    if changed {
+        let status = if idle {
+            crate::protocol::Status::Idle
+        } else {
+            crate::protocol::Status::Active
+        };
+        send_frame(session, &ClientFrame::Presence { status });
     }
 }
 
@@ -429,9 +491,14 @@ fn on_frame(session: Session, frame: ServerFrame) {
             // The server's view of the account's rooms is the truth now.
             let open: Vec<RoomInfo> = rooms;
             session.rooms.set(open);
-            wire(session, |w| w.attempts = 0);
+            // A new session starts active on the server: say so if it is not.
+            wire(session, |w| {
+                w.attempts = 0;
+                w.told_idle = false;
+            });
             session.conn.set(Conn::Connected);
             session.last_error.set(None);
+            report_presence(session, now());
             // Rooms not resumed (none held here) are live from their head: sends can go.
             for st in session.states() {
                 if !st.loaded.get_untracked() {
@@ -477,9 +544,25 @@ fn on_frame(session: Session, frame: ServerFrame) {
                     .set(Some("You are no longer a member of this room.".to_owned()));
             }
         }
-        ServerFrame::Read(ReadPosition { room, seq, unread }) => {
-            session.read_up_to(&room, seq, unread)
+        ServerFrame::Read(ReadPosition {
+            room,
+            seq,
+            unread,
+            mentions,
+        }) => session.read_up_to(&room, seq, unread, mentions),
+        ServerFrame::Typing(TypingNote {
+            room,
+            user,
+            username,
+            stop,
+        }) => {
+            if Some(&username) != session.username.get_value().as_ref() {
+                if let Some(st) = session.loaded_state(&room) {
+                    st.typist(username, user, stop, now());
+                }
+            }
         }
+        ServerFrame::Presence(PresenceUpdate { users, .. }) => session.take_presence(users),
         ServerFrame::HistoryGap(HistoryGap { room, .. }) => {
             // The server cannot replay from our cursor: load the room's newest page afresh.
             if let Some(st) = session.loaded_state(&room) {
@@ -496,6 +579,26 @@ fn on_frame(session: Session, frame: ServerFrame) {
     }
 }
 
+/// Raises a browser notification, if the user allowed them.
+fn notify(text: &str) {
+    if web_sys::Notification::permission() != web_sys::NotificationPermission::Granted {
+        return;
+    }
+    let options = web_sys::NotificationOptions::new();
+    options.set_body(text);
+    let _ = web_sys::Notification::new_with_options("hubbub: you were mentioned", &options);
+}
+
+/// Asks the browser for permission to notify of mentions.
+pub fn ask_to_notify() {
+    let _ = web_sys::Notification::request_permission();
+}
+
+/// Whether to offer to turn notifications on (the user has not decided yet).
+pub fn may_ask_to_notify() -> bool {
+    web_sys::Notification::permission() == web_sys::NotificationPermission::Default
+}
+
 /// An event of a room's stream: into the room's list if this tab holds it, into the sidebar's
 /// counts and the screen reader's live region either way.
 fn on_event(session: Session, m: ChatMessage) {
@@ -503,6 +606,7 @@ fn on_event(session: Session, m: ChatMessage) {
     let room = m.room.clone();
     let is_message = m.is_message();
     let own = mine(session, &m);
+    let mentioned = !own && session.mentions_me(&m);
     let announce = format!("{}: {}", m.user, m.body);
     // What a resume replays was counted in the welcome's unread numbers already.
     let replaying = wire(session, |w| w.joining.contains(&room)).unwrap_or(false);
@@ -527,7 +631,7 @@ fn on_event(session: Session, m: ChatMessage) {
         }
         None => true,
     };
-    if !fresh || !is_message || own {
+    if !fresh || !(is_message || mentioned) || own {
         return;
     }
     let viewing = session.current.get_untracked() == room
@@ -538,7 +642,18 @@ fn on_event(session: Session, m: ChatMessage) {
     if viewing {
         seen(session);
     } else if !replaying {
-        session.count_unread(&room);
+        if is_message {
+            session.count_unread(&room);
+        }
+        if mentioned {
+            session.count_mention(&room);
+        }
+    }
+    if mentioned && !replaying && !visible() {
+        notify(&announce);
+    }
+    if !is_message {
+        return;
     }
     if session.current.get_untracked() == room {
         session.announce.set(announce);
@@ -596,6 +711,7 @@ fn send_more(session: Session, st: RoomState) {
             client_id: e.client_id.clone(),
             body: e.body.clone(),
             user: Some(e.user.clone()),
+            reply_to: e.reply_to,
         };
         if full || !send_frame(session, &frame) {
             return;
@@ -622,10 +738,96 @@ pub fn send(session: Session, st: RoomState, body: String) {
     } else {
         name.trim().to_owned()
     };
-    let entry = Entry::pending(new_client_id(), user, body, now() as i64);
+    let mut entry = Entry::pending(new_client_id(), user, body, now() as i64);
+    if let Some((seq, quote)) = st.replying.get_untracked() {
+        entry.reply_to = Some(seq);
+        entry.reply = Some(quote);
+        st.replying.set(None);
+    }
     st.messages.update(|l| l.push(entry));
     save_outbox(session, st);
     send_more(session, st);
+    stopped_typing(session, st);
+}
+
+/// Sends a change to a stored message (an edit, a delete, a reaction) if connected; changes are
+/// not kept for later like messages are, so offline the user is told to try again.
+fn change(session: Session, frame: ClientFrame) {
+    if !send_frame(session, &frame) {
+        session.last_error.set(Some(
+            "Not connected: try again once the connection is back.".to_owned(),
+        ));
+    }
+}
+
+/// Saves new text for the user's own message `target`.
+pub fn edit(session: Session, st: RoomState, target: u64, body: String) {
+    let frame = ClientFrame::Edit {
+        room: st.name(),
+        client_id: new_client_id(),
+        target,
+        body,
+    };
+    change(session, frame);
+    stopped_typing(session, st);
+}
+
+/// Deletes message `target`.
+pub fn delete(session: Session, st: RoomState, target: u64) {
+    let frame = ClientFrame::Delete {
+        room: st.name(),
+        client_id: new_client_id(),
+        target,
+    };
+    change(session, frame);
+}
+
+/// Adds (`on`) or takes back the user's reaction to message `target`.
+pub fn react(session: Session, st: RoomState, target: u64, emoji: &str, on: bool) {
+    let frame = ClientFrame::React {
+        room: st.name(),
+        target,
+        emoji: emoji.to_owned(),
+        on,
+    };
+    change(session, frame);
+}
+
+/// Least time between two `typing` frames for one room (ms).
+const TYPING_EVERY: f64 = 3_000.0;
+
+/// The composer of `st` changed: tells the room the user is typing, at most every 3 s, or that
+/// they stopped when it is empty again.
+pub fn typed(session: Session, st: RoomState, text: &str) {
+    if text.trim().is_empty() {
+        stopped_typing(session, st);
+        return;
+    }
+    let room = st.name();
+    let t = now();
+    let due = wire(session, |w| {
+        let due = w
+            .typing_sent
+            .get(&room)
+            .is_none_or(|at| t - at >= TYPING_EVERY);
+        if due {
+            w.typing_sent.insert(room.clone(), t);
+        }
+        due
+    })
+    .unwrap_or(false);
+    if due {
+        send_frame(session, &ClientFrame::Typing { room, stop: false });
+    }
+}
+
+/// Tells the room the user stopped typing, if they had been.
+fn stopped_typing(session: Session, st: RoomState) {
+    let room = st.name();
+    let was = wire(session, |w| w.typing_sent.remove(&room).is_some()).unwrap_or(false);
+    if was {
+        send_frame(session, &ClientFrame::Typing { room, stop: true });
+    }
 }
 
 /// Sends a failed message again, with the same `client_id`.

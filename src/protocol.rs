@@ -24,6 +24,12 @@ pub const PAGE_HISTORY: usize = 50;
 pub const MAX_PAGE: usize = 200;
 /// Most rooms one `hello` may resume.
 pub const MAX_RESUME_ROOMS: usize = 100;
+/// Longest quote of the message a reply answers, in characters.
+pub const QUOTE_CHARS: usize = 120;
+/// Most usernames a message's reaction lists per emoji.
+pub const REACTION_NAMES: usize = 100;
+/// Longest reaction, in bytes (an emoji with its modifiers and joiners).
+pub const MAX_EMOJI_BYTES: usize = 32;
 
 /// WebSocket close codes the server sends.
 pub mod close {
@@ -75,6 +81,14 @@ pub enum EventKind {
     TopicChanged,
     /// The room is archived: read-only from this event on.
     RoomArchived,
+    /// The author changed the text of message `target` to `body`.
+    MessageEdited,
+    /// Message `target` was deleted (by its author or the room's owner); its text is gone.
+    MessageDeleted,
+    /// The author reacted to message `target` with the emoji in `body`; `count` is how many have.
+    ReactionAdded,
+    /// The author took back their reaction `body` to message `target`.
+    ReactionRemoved,
     /// A kind this build does not know.
     #[serde(other)]
     Other,
@@ -92,6 +106,10 @@ impl EventKind {
             EventKind::RoomRenamed => "room_renamed",
             EventKind::TopicChanged => "topic_changed",
             EventKind::RoomArchived => "room_archived",
+            EventKind::MessageEdited => "message_edited",
+            EventKind::MessageDeleted => "message_deleted",
+            EventKind::ReactionAdded => "reaction_added",
+            EventKind::ReactionRemoved => "reaction_removed",
             EventKind::Other => "other",
         }
     }
@@ -108,6 +126,10 @@ impl EventKind {
             "room_renamed" => EventKind::RoomRenamed,
             "topic_changed" => EventKind::TopicChanged,
             "room_archived" => EventKind::RoomArchived,
+            "message_edited" => EventKind::MessageEdited,
+            "message_deleted" => EventKind::MessageDeleted,
+            "reaction_added" => EventKind::ReactionAdded,
+            "reaction_removed" => EventKind::ReactionRemoved,
             _ => EventKind::Other,
         }
     }
@@ -121,6 +143,67 @@ impl EventKind {
     pub fn removes_member(self) -> bool {
         matches!(self, EventKind::MemberLeft | EventKind::MemberRemoved)
     }
+
+    /// Whether the event changes an earlier message (its `target`) rather than adding one.
+    pub fn changes_message(self) -> bool {
+        matches!(
+            self,
+            EventKind::MessageEdited
+                | EventKind::MessageDeleted
+                | EventKind::ReactionAdded
+                | EventKind::ReactionRemoved
+        )
+    }
+}
+
+/// The message a reply answers, as the reply shows it: one line of it (its current text, or
+/// nothing once deleted).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quote {
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The start of its text, at most [`QUOTE_CHARS`] characters.
+    #[serde(default)]
+    pub body: String,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleted: bool,
+}
+
+/// One emoji's reactions to a message.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    pub emoji: String,
+    pub count: u64,
+    /// Who reacted, the first [`REACTION_NAMES`] usernames (for "who reacted" on hover).
+    #[serde(default)]
+    pub users: Vec<String>,
+}
+
+/// A file attached to a message. The type is the server's reading of the file's first bytes,
+/// never what the uploader claimed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Where it is served: `/api/attachments/{id}`.
+    pub id: String,
+    pub name: String,
+    pub size: u64,
+    pub mime: String,
+    /// Pixels, for images, so the list does not jump when they load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+}
+
+impl Attachment {
+    /// Whether the page shows it inline (only the image types the server recognised).
+    pub fn is_image(&self) -> bool {
+        matches!(
+            self.mime.as_str(),
+            "image/png" | "image/jpeg" | "image/gif" | "image/webp"
+        )
+    }
 }
 
 fn is_message(k: &EventKind) -> bool {
@@ -131,10 +214,35 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+fn yes() -> bool {
+    true
+}
+
+/// How present a person is: active if any of their sessions is, idle if all are, offline when
+/// none is open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Active,
+    Idle,
+    #[default]
+    Offline,
+}
+
+/// A person's presence: their status and when they were last active (ms; `0` if not since the
+/// server started). The client shows "active", "idle" or "last seen 5 min ago" from it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceInfo {
+    pub username: String,
+    pub status: Status,
+    #[serde(default)]
+    pub last_active: i64,
+}
+
 /// One event of a room's seq stream as it travels on the wire (the `message` frame) and renders
 /// in the page. Most are chat messages; `kind` says otherwise. Fields a client does not know are
 /// ignored, so events can grow.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub room: String,
     /// Position in the room: 1, 2, 3, … with no gaps. The client's resume cursor.
@@ -163,6 +271,35 @@ pub struct ChatMessage {
     pub member: Option<String>,
     /// Milliseconds since the Unix epoch, set by the server when it stored the message.
     pub ts: i64,
+    /// For an edit, delete or reaction: the seq of the message it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<u64>,
+    /// For a reply: the seq of the message it answers, and a line of that message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Quote>,
+    /// On a message whose text was changed: when it last was (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited: Option<i64>,
+    /// On a deleted message: its text is gone, it shows as deleted.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleted: bool,
+    /// On a message or an edit: the account ids of the members it mentions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<i64>,
+    /// On an edit: who it mentions that the text before did not (only they are notified).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<i64>,
+    /// On a message: its reactions, by emoji in the order they first came.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<Reaction>,
+    /// On a reaction event: how many have reacted to the target with that emoji now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// On a message: the file it carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<Attachment>,
 }
 
 impl ChatMessage {
@@ -223,6 +360,9 @@ pub struct RoomInfo {
     /// Chat messages by others after `last_read` (members only).
     #[serde(default)]
     pub unread: u64,
+    /// Of those, the ones that mention the caller.
+    #[serde(default)]
+    pub mentions: u64,
 }
 
 /// A member of a room, as the member list shows them.
@@ -232,6 +372,12 @@ pub struct MemberInfo {
     pub display_name: String,
     /// `owner` or `member`.
     pub role: String,
+    /// How present they are now, and when they were last active (ms; `0` if not since the
+    /// server started).
+    #[serde(default)]
+    pub status: Status,
+    #[serde(default)]
+    pub last_active: i64,
 }
 
 /// Frames a client sends on `hubbub.v1`.
@@ -263,6 +409,42 @@ pub enum ClientFrame {
         /// Display name, overriding the one given in `hello`.
         #[serde(default)]
         user: Option<String>,
+        /// The seq of the message (in the same room) this one answers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<u64>,
+    },
+    /// Changes the text of one's own message `target`; answered by `ack` once durable.
+    Edit {
+        room: String,
+        client_id: String,
+        target: u64,
+        body: String,
+    },
+    /// Deletes message `target` (one's own, or any as the room's owner); answered by `ack`.
+    Delete {
+        room: String,
+        client_id: String,
+        target: u64,
+    },
+    /// Adds (`on`) or takes back a reaction to message `target`. Doing what is already done
+    /// changes nothing and is not answered.
+    React {
+        room: String,
+        target: u64,
+        emoji: String,
+        #[serde(default = "yes")]
+        on: bool,
+    },
+    /// The user is typing in `room` (at most every few seconds), or stopped (`stop`). Never
+    /// stored; shown to the room's other members for a few seconds.
+    Typing {
+        room: String,
+        #[serde(default, skip_serializing_if = "is_false")]
+        stop: bool,
+    },
+    /// This tab's user is `active` or `idle`; the account is shown active if any of its tabs is.
+    Presence {
+        status: Status,
     },
     Ping {
         #[serde(default)]
@@ -279,6 +461,9 @@ pub enum ClientFrame {
 /// fields of the variant's struct.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+// A frame lives only to be encoded or handled at once, and most are messages: boxing them would
+// cost an allocation each for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum ServerFrame {
     Welcome(Welcome),
     Message(ChatMessage),
@@ -297,6 +482,28 @@ pub enum ServerFrame {
     Left(Left),
     /// The account has read `room` up to `seq` (in this tab or another); `unread` is what remains.
     Read(ReadPosition),
+    /// Someone is typing in a room, or stopped (`stop`). Ephemeral: never stored or replayed.
+    Typing(TypingNote),
+    /// How present people are: on joining a room, everyone of it who is not offline (`room`
+    /// set); after that, changes of anyone who shares a room with the account. Ephemeral.
+    Presence(PresenceUpdate),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypingNote {
+    pub room: String,
+    pub user: String,
+    pub username: String,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stop: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceUpdate {
+    /// The room this is a snapshot of; `None` for a change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    pub users: Vec<PresenceInfo>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,6 +514,9 @@ pub struct Welcome {
     /// The account's username; absent for guests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// The account's id (the `mentions` of a message name accounts by id); absent for guests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<i64>,
     /// Every room and DM the account is in, with unread counts. The connection is subscribed
     /// to all of them (those `hello` did not resume go on live from their head).
     #[serde(default)]
@@ -362,6 +572,9 @@ pub struct ReadPosition {
     pub room: String,
     pub seq: u64,
     pub unread: u64,
+    /// Messages after `seq` that mention the account.
+    #[serde(default)]
+    pub mentions: u64,
 }
 
 /// Reads a frame without buffering it: the server always writes `type` first, so the variant is
@@ -404,6 +617,8 @@ impl<'de> serde::de::Visitor<'de> for FrameVisitor {
             "room" => ServerFrame::Room(RoomUpdate::deserialize(rest)?),
             "left" => ServerFrame::Left(Left::deserialize(rest)?),
             "read" => ServerFrame::Read(ReadPosition::deserialize(rest)?),
+            "typing" => ServerFrame::Typing(TypingNote::deserialize(rest)?),
+            "presence" => ServerFrame::Presence(PresenceUpdate::deserialize(rest)?),
             other => return Err(A::Error::unknown_variant(other, FRAME_TYPES)),
         })
     }
@@ -421,6 +636,8 @@ const FRAME_TYPES: &[&str] = &[
     "room",
     "left",
     "read",
+    "typing",
+    "presence",
 ];
 
 /// Bodies and answers of the HTTP API, shared by the server and the browser client.
@@ -551,6 +768,16 @@ pub enum ErrorCode {
     LimitReached,
     /// The caller is not a member of the room.
     NotMember,
+    /// The room has no message at that seq (or only an event that is not a message).
+    UnknownMessage,
+    /// The message can no longer be edited: its edit window has passed.
+    EditWindowClosed,
+    /// The message was deleted: it can no longer be edited, answered or reacted to.
+    MessageDeleted,
+    /// A body or file over its size limit.
+    TooLarge,
+    /// The account's files would take more than its quota.
+    QuotaExceeded,
     /// A code this build does not know (a newer server's).
     #[serde(other)]
     Other,
@@ -579,6 +806,11 @@ impl ErrorCode {
             ErrorCode::UnknownUser => "unknown_user",
             ErrorCode::LimitReached => "limit_reached",
             ErrorCode::NotMember => "not_member",
+            ErrorCode::UnknownMessage => "unknown_message",
+            ErrorCode::EditWindowClosed => "edit_window_closed",
+            ErrorCode::MessageDeleted => "message_deleted",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::Other => "other",
         }
     }
@@ -614,6 +846,72 @@ pub fn validate_body(body: &str) -> Result<(), Invalid> {
         ));
     }
     Ok(())
+}
+
+/// Most people one message can mention.
+pub const MAX_MENTIONS: usize = 50;
+
+/// The usernames a text mentions (`@name`, lower-cased, each once, in order, at most
+/// [`MAX_MENTIONS`]); whether each names a member is for the server to say.
+pub fn mentioned_usernames(body: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let bytes = body.as_bytes();
+    let handle = |b: u8| b.is_ascii_alphanumeric() || b"._-".contains(&b);
+    let mut i = 0;
+    while i < bytes.len() && out.len() < MAX_MENTIONS {
+        let starts = bytes[i] == b'@' && (i == 0 || !handle(bytes[i - 1]));
+        if !starts {
+            i += 1;
+            continue;
+        }
+        let from = i + 1;
+        let mut to = from;
+        while to < bytes.len() && handle(bytes[to]) {
+            to += 1;
+        }
+        // A full stop or dash after a name ends the sentence, not the name.
+        let name = body[from..to]
+            .trim_end_matches(['.', '-'])
+            .to_ascii_lowercase();
+        if (3..=32).contains(&name.len()) && !out.contains(&name) {
+            out.push(name);
+        }
+        i = to.max(from);
+    }
+    out
+}
+
+/// Checks a reaction: a short emoji (at most [`MAX_EMOJI_BYTES`] bytes, 8 characters), with no
+/// spaces, control or invisible characters other than the joiners emoji are built of, and not
+/// plain text.
+pub fn validate_emoji(emoji: &str) -> Result<(), Invalid> {
+    let fine = |c: char| {
+        matches!(c, '\u{200D}' | '\u{FE0F}' | '\u{FE0E}' | '\u{20E3}')
+            || !(c.is_whitespace() || hidden_char(c))
+    };
+    let ok = !emoji.is_empty()
+        && emoji.len() <= MAX_EMOJI_BYTES
+        && emoji.chars().count() <= 8
+        && emoji.chars().all(fine)
+        && !emoji.is_ascii();
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            ErrorCode::InvalidFrame,
+            format!("a reaction is one emoji of at most {MAX_EMOJI_BYTES} bytes"),
+        ))
+    }
+}
+
+/// The start of a text, as a reply quotes it: at most [`QUOTE_CHARS`] characters, one line.
+pub fn quote_of(body: &str) -> String {
+    let line = body.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let mut q: String = line.trim().chars().take(QUOTE_CHARS).collect();
+    if line.trim().chars().count() > QUOTE_CHARS || body.trim().lines().count() > 1 {
+        q.push('…');
+    }
+    q
 }
 
 /// Checks a `client_id`: 1 to [`MAX_CLIENT_ID_BYTES`] printable ASCII characters.
@@ -701,7 +999,10 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, Invalid> {
             "a frame must be a JSON object with a string \"type\"",
         ));
     };
-    const KNOWN: [&str; 6] = ["hello", "join", "leave", "send", "ping", "read"];
+    const KNOWN: [&str; 11] = [
+        "hello", "join", "leave", "send", "ping", "read", "edit", "delete", "react", "typing",
+        "presence",
+    ];
     if !KNOWN.contains(&kind.as_str()) {
         let kind = kind.chars().take(32).collect::<String>();
         return Err(Invalid::new(
@@ -762,6 +1063,7 @@ mod tests {
             member: true,
             last_read: 3,
             unread: 4,
+            mentions: 1,
         };
         let message = ChatMessage {
             room: "r".into(),
@@ -776,6 +1078,9 @@ mod tests {
             body: String::new(),
             member: Some("bob".into()),
             ts: 7,
+            target: Some(1),
+            mentions: vec![2],
+            ..Default::default()
         };
         let frames = [
             ServerFrame::Welcome(Welcome {
@@ -783,6 +1088,7 @@ mod tests {
                 session: "c1".into(),
                 protocol: SUBPROTOCOL.into(),
                 username: Some("ann".into()),
+                user_id: Some(1),
                 rooms: vec![room.clone()],
             }),
             ServerFrame::Message(message),
@@ -802,6 +1108,21 @@ mod tests {
                 room: "r".into(),
                 seq: 4,
                 unread: 0,
+                mentions: 0,
+            }),
+            ServerFrame::Typing(TypingNote {
+                room: "r".into(),
+                user: "Ann".into(),
+                username: "ann".into(),
+                stop: true,
+            }),
+            ServerFrame::Presence(PresenceUpdate {
+                room: Some("r".into()),
+                users: vec![PresenceInfo {
+                    username: "ann".into(),
+                    status: Status::Idle,
+                    last_active: 5,
+                }],
             }),
         ];
         for f in frames {
@@ -895,6 +1216,34 @@ mod tests {
             None,
             "a message's kind is implied"
         );
+    }
+
+    #[test]
+    fn mentions_are_handles_after_an_at_sign() {
+        assert_eq!(
+            mentioned_usernames("hi @Ann, @bob.smith and @ann. mail x@y.com @zz @carol-"),
+            vec!["ann", "bob.smith", "carol"]
+        );
+        assert!(mentioned_usernames(&"@".repeat(10_000)).is_empty());
+        let many: String = (0..200).map(|i| format!("@user{i:03} ")).collect();
+        assert_eq!(mentioned_usernames(&many).len(), MAX_MENTIONS);
+    }
+
+    #[test]
+    fn reactions_are_short_emoji() {
+        for ok in ["👍", "🎉", "❤️", "👩‍💻", "🇫🇷", "1️⃣"] {
+            assert!(validate_emoji(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "lol", "👍 👍", "👍\u{202E}", &"🎉".repeat(9), "a\n"] {
+            assert!(validate_emoji(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn quotes_are_one_short_line() {
+        assert_eq!(quote_of("hello"), "hello");
+        assert_eq!(quote_of("\n first\nsecond"), "first…");
+        assert_eq!(quote_of(&"x".repeat(200)).chars().count(), QUOTE_CHARS + 1);
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! Everything here is reactive handles, so `Session` and `RoomState` are `Copy` and go into every
 //! closure. It compiles for the server too: the server renders the first page from it.
 
-use crate::protocol::{ChatMessage, EventKind, RoomInfo, RoomKind, PAGE_HISTORY};
+use crate::protocol::{
+    self, Attachment, ChatMessage, EventKind, PresenceInfo, Quote, Reaction, RoomInfo, RoomKind,
+    PAGE_HISTORY,
+};
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -18,6 +21,12 @@ pub struct PageData {
     pub me: Option<String>,
     /// The signed-in user's username; `None` in anonymous mode.
     pub me_username: Option<String>,
+    /// The signed-in user's account id (mentions name accounts by id).
+    #[serde(default)]
+    pub me_id: Option<i64>,
+    /// Settings of the server that the page follows.
+    #[serde(default)]
+    pub settings: ClientSettings,
     /// The browser's CSRF token, for the forms.
     pub csrf: String,
     /// The rooms and DMs the account is in, with unread counts.
@@ -27,6 +36,15 @@ pub struct PageData {
     /// The room the page opened on: the room, its head and last page; `None` if there is no such
     /// room (or the user may not see it).
     pub room: Option<RoomPage>,
+}
+
+/// What the server tells the page about how it is set up.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClientSettings {
+    /// After how long without input (or hidden) the tab reports its user idle (ms).
+    pub idle_after_ms: u64,
+    /// The largest file that may be attached (bytes).
+    pub max_upload: u64,
 }
 
 /// A room and its newest messages, read in one snapshot.
@@ -68,6 +86,17 @@ pub struct Entry {
     pub status: Status,
     /// Why the server refused it, for a failed entry.
     pub error: Option<String>,
+    /// The message it answers, and a line of it.
+    pub reply_to: Option<u64>,
+    pub reply: Option<Quote>,
+    /// When its text was last changed.
+    pub edited: Option<i64>,
+    /// Deleted: shown as a tombstone.
+    pub deleted: bool,
+    /// Who it mentions, by account id.
+    pub mentions: Vec<i64>,
+    pub reactions: Vec<Reaction>,
+    pub attachment: Option<Attachment>,
 }
 
 impl From<ChatMessage> for Entry {
@@ -84,6 +113,13 @@ impl From<ChatMessage> for Entry {
             ts: m.ts,
             status: Status::Stored,
             error: None,
+            reply_to: m.reply_to,
+            reply: m.reply,
+            edited: m.edited,
+            deleted: m.deleted,
+            mentions: m.mentions,
+            reactions: m.reactions,
+            attachment: m.attachment,
         }
     }
 }
@@ -103,8 +139,76 @@ impl Entry {
             ts,
             status: Status::Pending,
             error: None,
+            reply_to: None,
+            reply: None,
+            edited: None,
+            deleted: false,
+            mentions: Vec::new(),
+            reactions: Vec::new(),
+            attachment: None,
         }
     }
+
+    /// Applies a change to this message that an event records (an edit, a delete, a reaction).
+    /// Each is idempotent, so one applied twice (a replay after a page load) changes nothing.
+    fn apply(&mut self, change: &ChatMessage) {
+        match change.kind {
+            EventKind::MessageEdited if !self.deleted => {
+                self.body = change.body.clone();
+                self.edited = Some(change.ts);
+                self.mentions = change.mentions.clone();
+            }
+            EventKind::MessageDeleted => {
+                self.deleted = true;
+                self.body.clear();
+                self.edited = None;
+                self.mentions.clear();
+                self.reactions.clear();
+                self.attachment = None;
+            }
+            EventKind::ReactionAdded | EventKind::ReactionRemoved if !self.deleted => {
+                let emoji = &change.body;
+                let who = change.username.clone().unwrap_or_default();
+                let at = self.reactions.iter().position(|r| r.emoji == *emoji);
+                let r = match at {
+                    Some(at) => &mut self.reactions[at],
+                    None => {
+                        self.reactions.push(Reaction {
+                            emoji: emoji.clone(),
+                            ..Default::default()
+                        });
+                        let last = self.reactions.len() - 1;
+                        &mut self.reactions[last]
+                    }
+                };
+                r.count = change.count.unwrap_or(r.count);
+                r.users.retain(|u| *u != who);
+                if change.kind == EventKind::ReactionAdded {
+                    r.users.push(who);
+                }
+                self.reactions.retain(|r| r.count > 0);
+            }
+            _ => {}
+        }
+    }
+
+    /// A reply's quote of this message, kept as its text changes.
+    fn requote(&self, quote: &mut Quote) {
+        quote.deleted = self.deleted;
+        quote.body = if self.deleted {
+            String::new()
+        } else {
+            protocol::quote_of(&self.body)
+        };
+    }
+}
+
+/// Someone typing in a room, until when (ms) the indicator shows without renewal.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Typist {
+    pub username: String,
+    pub user: String,
+    pub until: f64,
 }
 
 /// Connection state as the user sees it.
@@ -170,6 +274,14 @@ pub struct RoomState {
     pub scroll: StoredValue<Option<i32>>,
     /// Events replayed since the hello (first seq, count), for the catch-up divider.
     pub replay: StoredValue<Option<(u64, usize)>>,
+    /// The message the composer answers, if any.
+    pub replying: RwSignal<Option<(u64, Quote)>>,
+    /// The message the composer is editing, if any.
+    pub editing: RwSignal<Option<u64>>,
+    /// Who is typing here now.
+    pub typing: RwSignal<Vec<Typist>>,
+    /// A message to bring into view and mark (from a reply's quote or a search result).
+    pub focus: RwSignal<Option<u64>>,
 }
 
 impl RoomState {
@@ -187,6 +299,63 @@ impl RoomState {
             draft: RwSignal::new(String::new()),
             scroll: StoredValue::new(None),
             replay: StoredValue::new(None),
+            replying: RwSignal::new(None),
+            editing: RwSignal::new(None),
+            typing: RwSignal::new(Vec::new()),
+            focus: RwSignal::new(None),
+        }
+    }
+
+    /// The loaded message at `seq`.
+    pub fn entry(&self, seq: u64) -> Option<Entry> {
+        self.messages
+            .with_untracked(|l| l.iter().find(|e| e.seq == Some(seq)).cloned())
+    }
+
+    /// Applies an edit, delete or reaction to its target (if loaded), and to the quotes of the
+    /// replies to it.
+    fn change(&self, m: &ChatMessage) {
+        let Some(target) = m.target else {
+            return;
+        };
+        self.messages.update(|list| {
+            let Some(at) = list.iter().position(|e| e.seq == Some(target)) else {
+                return;
+            };
+            list[at].apply(m);
+            if matches!(m.kind, EventKind::MessageEdited | EventKind::MessageDeleted) {
+                let original = list[at].clone();
+                for e in list.iter_mut().filter(|e| e.reply_to == Some(target)) {
+                    if let Some(q) = e.reply.as_mut() {
+                        original.requote(q);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Someone is typing here (or stopped); `now` in ms.
+    pub fn typist(&self, username: String, user: String, stop: bool, now: f64) {
+        self.typing.update(|t| {
+            t.retain(|x| x.username != username);
+            if !stop {
+                t.push(Typist {
+                    username,
+                    user,
+                    // Shown for 6 s without renewal (the typist renews every 3 s).
+                    until: now + 6_000.0,
+                });
+            }
+        });
+    }
+
+    /// Drops indicators that were not renewed in time.
+    pub fn expire_typing(&self, now: f64) {
+        if self
+            .typing
+            .with_untracked(|t| t.iter().any(|x| x.until <= now))
+        {
+            self.typing.update(|t| t.retain(|x| x.until > now));
         }
     }
 
@@ -201,9 +370,10 @@ impl RoomState {
             .set(messages.first().is_some_and(|m| m.seq > 1) && messages.len() >= PAGE_HISTORY);
         let top = messages.iter().map(|m| m.seq).max().unwrap_or(0).max(head);
         self.messages.update(|list| {
+            // A page holds each message as it is now: the changes among it are applied already.
             let mut stored: Vec<Entry> = messages
                 .into_iter()
-                .filter(|m| m.kind != EventKind::Other)
+                .filter(|m| m.kind != EventKind::Other && !m.kind.changes_message())
                 .map(Entry::from)
                 .collect();
             for e in list.drain(..) {
@@ -231,6 +401,21 @@ impl RoomState {
         if m.kind == EventKind::Other {
             // A kind this build does not know: its seq counts, it shows nothing.
             return true;
+        }
+        if m.kind.changes_message() {
+            self.change(&m);
+            return true;
+        }
+        if m.is_message() {
+            // Their message is in: they stopped typing.
+            if let Some(who) = &m.username {
+                if self
+                    .typing
+                    .with_untracked(|t| t.iter().any(|x| x.username == *who))
+                {
+                    self.typing.update(|t| t.retain(|x| x.username != *who));
+                }
+            }
         }
         self.messages.update(|list| {
             list.retain(|e| !(e.seq.is_none() && e.client_id == m.client_id));
@@ -263,7 +448,9 @@ impl RoomState {
             let first = list.iter().find_map(|e| e.seq).unwrap_or(u64::MAX);
             let mut merged: Vec<Entry> = older
                 .into_iter()
-                .filter(|m| m.seq < first && m.kind != EventKind::Other)
+                .filter(|m| {
+                    m.seq < first && m.kind != EventKind::Other && !m.kind.changes_message()
+                })
                 .map(Entry::from)
                 .collect();
             merged.append(list);
@@ -289,6 +476,11 @@ pub struct Session {
     pub me: StoredValue<Option<String>>,
     /// The signed-in user's username.
     pub username: StoredValue<Option<String>>,
+    /// The signed-in user's account id.
+    pub me_id: StoredValue<Option<i64>>,
+    pub settings: StoredValue<ClientSettings>,
+    /// How present the people who share a room with the user are, by username.
+    pub presence: RwSignal<HashMap<String, PresenceInfo>>,
     /// Whose unsent messages this browser keeps here: the username, or `guest` in anonymous
     /// mode. On a shared browser one account's outbox is never sent as another's.
     pub owner: StoredValue<String>,
@@ -329,6 +521,9 @@ impl Session {
         let session = Session {
             me: StoredValue::new(data.me.clone()),
             username: StoredValue::new(data.me_username.clone()),
+            me_id: StoredValue::new(data.me_id),
+            settings: StoredValue::new(data.settings),
+            presence: RwSignal::new(HashMap::new()),
             owner: StoredValue::new(data.me_username.unwrap_or_else(|| "guest".to_owned())),
             csrf: StoredValue::new(data.csrf),
             rooms: RwSignal::new(data.rooms),
@@ -473,12 +668,44 @@ impl Session {
         });
     }
 
+    /// Counts a message that mentions the user as a mention in its room.
+    pub fn count_mention(&self, room: &str) {
+        self.rooms.update(|rooms| {
+            if let Some(r) = rooms.iter_mut().find(|r| r.name == room) {
+                r.mentions += 1;
+            }
+        });
+    }
+
+    /// Whether the message (or edit) names the user among the newly mentioned.
+    pub fn mentions_me(&self, m: &ChatMessage) -> bool {
+        let Some(me) = self.me_id.get_value() else {
+            return false;
+        };
+        let list = match m.kind {
+            EventKind::Message => &m.mentions,
+            EventKind::MessageEdited => &m.notify,
+            _ => return false,
+        };
+        list.contains(&me)
+    }
+
     /// The server says the account has read `room` up to `seq`.
-    pub fn read_up_to(&self, room: &str, seq: u64, unread: u64) {
+    pub fn read_up_to(&self, room: &str, seq: u64, unread: u64, mentions: u64) {
         self.rooms.update(|rooms| {
             if let Some(r) = rooms.iter_mut().find(|r| r.name == room) {
                 r.last_read = r.last_read.max(seq);
                 r.unread = unread;
+                r.mentions = mentions;
+            }
+        });
+    }
+
+    /// Takes in presence: a room's snapshot, or changes.
+    pub fn take_presence(&self, users: Vec<PresenceInfo>) {
+        self.presence.update(|p| {
+            for u in users {
+                p.insert(u.username.clone(), u);
             }
         });
     }

@@ -105,6 +105,7 @@ async fn a_commit_reported_failed_that_landed_is_acked_and_delivered_once() {
             client_id: "c-1".into(),
             body: "LANDED".into(),
             user: None,
+            reply_to: None,
         },
     )
     .await;

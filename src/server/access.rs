@@ -126,6 +126,7 @@ mod tests {
                 member: role.is_some(),
                 last_read: 0,
                 unread: 0,
+                mentions: 0,
             },
             owner_id: Some(owner),
             role: role.map(str::to_owned),

@@ -43,6 +43,9 @@ pub struct PostMessage {
     /// Idempotency key; the server makes one when the caller does not care.
     #[serde(default)]
     pub client_id: Option<String>,
+    /// The seq of the message (in the same room) this one answers.
+    #[serde(default)]
+    pub reply_to: Option<u64>,
 }
 
 /// Query of `GET /api/rooms/{room}/messages`; kept as text so a bad value gets our own 400.
@@ -145,7 +148,14 @@ pub async fn post_message(
     let author = who.author(req.user.as_deref())?;
     let appended = state
         .chat
-        .post(who.user.as_ref(), &room, client_id, author, req.body)
+        .post(
+            who.user.as_ref(),
+            &room,
+            client_id,
+            author,
+            req.body,
+            req.reply_to,
+        )
         .await?;
     let status = if appended.created {
         StatusCode::CREATED
@@ -320,10 +330,13 @@ pub async fn mark_read(
 ) -> Result<Json<serde_json::Value>, AppError> {
     let (who, _) = caller(&state, peer, &headers, true).await?;
     let req: MarkRead = json_body(&body)?;
-    let (seq, unread) = state.chat.mark_read(account(&who)?, &room, req.seq).await?;
-    Ok(Json(
-        json!({ "room": room, "last_read": seq, "unread": unread }),
-    ))
+    let read = state.chat.mark_read(account(&who)?, &room, req.seq).await?;
+    Ok(Json(json!({
+        "room": room,
+        "last_read": read.seq,
+        "unread": read.unread,
+        "mentions": read.mentions,
+    })))
 }
 
 /// `POST /api/dms`: the direct message with these people (made on the first call).
@@ -367,4 +380,83 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
         "queue_overflows": state.chat.hub.overflows(),
     });
     (status, Json(body)).into_response()
+}
+
+/// Body of `PATCH /api/rooms/{room}/messages/{seq}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditMessage {
+    pub body: String,
+    /// Idempotency key; the server makes one when the caller does not care.
+    #[serde(default)]
+    pub client_id: Option<String>,
+}
+
+/// Parses the seq of a message in a path.
+fn seq_param(seq: &str) -> Result<u64, AppError> {
+    seq.parse()
+        .map_err(|_| AppError::BadRequest("a message is named by its seq, a number".to_owned()))
+}
+
+/// `PATCH /api/rooms/{room}/messages/{seq}`: the author changes their message's text.
+pub async fn edit_message(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((room, seq)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let (who, ip) = caller(&state, peer, &headers, true).await?;
+    let user = account(&who)?;
+    if let Err(wait) = state.rates.take(rate_key(&who, ip), 1) {
+        return Ok(auth::too_many(wait, "too many changes: slow down"));
+    }
+    let target = seq_param(&seq)?;
+    let req: EditMessage = json_body(&body)?;
+    let client_id = req.client_id.unwrap_or_else(server_client_id);
+    let done = state
+        .chat
+        .edit(user, &room, client_id, target, req.body)
+        .await?;
+    Ok(Json(json!({ "event": done.message })).into_response())
+}
+
+/// `DELETE /api/rooms/{room}/messages/{seq}`: the author (or the room's owner) deletes it.
+pub async fn delete_message(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((room, seq)): Path<(String, String)>,
+) -> Result<Response, AppError> {
+    let (who, ip) = caller(&state, peer, &headers, true).await?;
+    let user = account(&who)?;
+    if let Err(wait) = state.rates.take(rate_key(&who, ip), 1) {
+        return Ok(auth::too_many(wait, "too many changes: slow down"));
+    }
+    let target = seq_param(&seq)?;
+    state
+        .chat
+        .delete(user, &room, server_client_id(), target)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `PUT` (add) and `DELETE` (take back) `/api/rooms/{room}/messages/{seq}/reactions/{emoji}`:
+/// 204 once done, and also when it was so already.
+pub async fn react(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    Path((room, seq, emoji)): Path<(String, String, String)>,
+) -> Result<Response, AppError> {
+    let (who, ip) = caller(&state, peer, &headers, true).await?;
+    let user = account(&who)?;
+    if let Err(wait) = state.rates.take(rate_key(&who, ip), 1) {
+        return Ok(auth::too_many(wait, "too many reactions: slow down"));
+    }
+    let target = seq_param(&seq)?;
+    let on = method == axum::http::Method::PUT;
+    state.chat.react(user, &room, target, &emoji, on).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

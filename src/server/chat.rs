@@ -4,17 +4,21 @@
 use crate::protocol::ReadPosition;
 use crate::protocol::{
     self, ChatMessage, ClassicMessage, ErrorCode, EventKind, Invalid, MemberInfo, RoomInfo,
-    RoomKind, ServerFrame, Visibility,
+    RoomKind, ServerFrame, TypingNote, Visibility,
 };
 use crate::server::access::{self, Action};
 use crate::server::faults;
 use crate::server::hub::{personal_channel, Delivery, Hub, Personal};
+use crate::server::presence::Presence;
 use crate::server::store::{
     Appended, Author, Change, CommitFeed, DynStore, FeedError, Member, NewMessage, NewRoom,
-    RoomAccess, StoreError, User,
+    ReadState, RoomAccess, StoreError, User,
 };
 use crate::server::tasks::{supervise, Tasks};
 use axum::extract::ws::Utf8Bytes;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The name `/healthz` gives the fan-out task.
 pub const FANOUT_TASK: &str = "fanout";
@@ -25,7 +29,19 @@ pub struct Chat {
     pub store: DynStore,
     pub hub: Hub,
     pub limits: RoomLimits,
+    /// Who is here (sessions aggregated per person), sent out through the hub.
+    pub presence: Presence,
+    /// Rooms' member counts, a little stale at most, for deciding whether typing is relayed.
+    sizes: Arc<Mutex<HashMap<String, (u64, Instant)>>>,
 }
+
+/// How long a room's member count is trusted for typing.
+const SIZE_FOR: Duration = Duration::from_secs(30);
+/// Room sizes kept at most; past it the stale ones go.
+const SIZES_KEPT: usize = 10_000;
+
+/// The name `/healthz` gives the presence task.
+pub const PRESENCE_TASK: &str = "presence";
 
 /// Hands every committed message to the hub, in commit order: deliveries leave in seq order
 /// (members never see a gap they must replay from storage), and a message is delivered even when
@@ -80,13 +96,14 @@ fn delivery(m: &ChatMessage) -> Delivery {
         rich: encode(&ServerFrame::Message(m.clone())),
         classic: classic_frame(m).unwrap_or_default(),
         personal: None,
+        ephemeral: false,
     }
 }
 
 /// What a membership event asks of the sockets of the account it is about: to subscribe to the
 /// room (a room made, a join, an invitation) or to leave it (left, removed).
 fn membership_note(m: &ChatMessage) -> Option<Delivery> {
-    let room: std::sync::Arc<str> = m.room.as_str().into();
+    let room: Arc<str> = m.room.as_str().into();
     let (who, personal) = match m.kind {
         EventKind::RoomCreated => (
             m.username.as_deref()?,
@@ -102,16 +119,23 @@ fn membership_note(m: &ChatMessage) -> Option<Delivery> {
         rich: Utf8Bytes::default(),
         classic: Utf8Bytes::default(),
         personal: Some(personal),
+        ephemeral: false,
     })
 }
 
-/// Limits on rooms, from the configuration.
+/// Limits on rooms and messages, from the configuration.
 #[derive(Clone, Copy, Debug)]
 pub struct RoomLimits {
     /// Most members a room may have.
     pub max_members: u64,
     /// Most rooms one account may make in an hour.
     pub rooms_per_hour: u64,
+    /// How long after posting a message its author may edit it (`None`: any time).
+    pub edit_window: Option<std::time::Duration>,
+    /// Most different emoji one message may have as reactions.
+    pub max_reactions: u64,
+    /// Typing is not relayed in rooms with more members than this.
+    pub typing_max_members: u64,
 }
 
 impl Default for RoomLimits {
@@ -119,6 +143,9 @@ impl Default for RoomLimits {
         RoomLimits {
             max_members: 10_000,
             rooms_per_hour: 10,
+            edit_window: Some(std::time::Duration::from_secs(15 * 60)),
+            max_reactions: 20,
+            typing_max_members: 100,
         }
     }
 }
@@ -148,6 +175,12 @@ pub enum ChatError {
     /// The caller did this too often lately (made too many rooms).
     #[error("{0}")]
     TooOften(String),
+    #[error("there is no message {0} in this room")]
+    UnknownMessage(u64),
+    #[error("a message can be edited only in the {0} minutes after it was sent")]
+    EditWindowClosed(u64),
+    #[error("that message was deleted")]
+    MessageDeleted,
     #[error(transparent)]
     Store(StoreError),
 }
@@ -170,6 +203,9 @@ impl ChatError {
             ChatError::UnknownUser(_) => ErrorCode::UnknownUser,
             ChatError::Limit(_) => ErrorCode::LimitReached,
             ChatError::TooOften(_) => ErrorCode::RateLimited,
+            ChatError::UnknownMessage(_) => ErrorCode::UnknownMessage,
+            ChatError::EditWindowClosed(_) => ErrorCode::EditWindowClosed,
+            ChatError::MessageDeleted => ErrorCode::MessageDeleted,
             ChatError::Store(_) => ErrorCode::Internal,
         }
     }
@@ -182,6 +218,14 @@ impl ChatError {
         }
     }
 
+    /// Like [`ChatError::from_store`], for an event about message `target`.
+    fn about_message(e: StoreError, room: &str, target: Option<u64>) -> Self {
+        match e {
+            StoreError::UnknownMessage => ChatError::UnknownMessage(target.unwrap_or_default()),
+            other => ChatError::from_store(other, room),
+        }
+    }
+
     /// Maps what the store refused in its transaction (a race with another change) to what the
     /// caller is told.
     fn from_store(e: StoreError, room: &str) -> Self {
@@ -191,6 +235,10 @@ impl ChatError {
             StoreError::NotMember => ChatError::NotMember(room.to_owned()),
             StoreError::RoomExists => ChatError::RoomExists(room.to_owned()),
             StoreError::RoomFull => ChatError::Limit(format!("{room:?} is full")),
+            StoreError::MessageDeleted => ChatError::MessageDeleted,
+            StoreError::NotAuthor => {
+                ChatError::Forbidden("only its author (or the room's owner, to delete) may")
+            }
             other => ChatError::Store(other),
         }
     }
@@ -228,14 +276,74 @@ impl Chat {
 
     pub fn with_limits(store: DynStore, hub: Hub, tasks: Tasks, limits: RoomLimits) -> Self {
         let (s, h) = (store.clone(), hub.clone());
-        tokio::spawn(supervise(tasks, FANOUT_TASK, move |run| {
+        tokio::spawn(supervise(tasks.clone(), FANOUT_TASK, move |run| {
             let feed = s.commits();
             if run > 0 {
                 h.resync_all();
             }
             fan_out(feed, h.clone())
         }));
-        Chat { store, hub, limits }
+        let presence = Presence::new(hub.clone());
+        tokio::spawn(supervise(tasks, PRESENCE_TASK, {
+            let p = presence.clone();
+            move |_| p.clone().run()
+        }));
+        Chat {
+            store,
+            hub,
+            limits,
+            presence,
+            sizes: Arc::default(),
+        }
+    }
+
+    /// Tells the room's other sessions that `user` is typing there, or stopped; nothing is
+    /// stored. Rooms with more members than the limit get no typing at all. The caller has
+    /// checked that the session follows the room.
+    pub async fn typing(&self, user: &User, room: &str, stop: bool) -> Result<(), ChatError> {
+        if self.room_size(room).await? > self.limits.typing_max_members {
+            return Ok(());
+        }
+        let frame = ServerFrame::Typing(TypingNote {
+            room: room.to_owned(),
+            user: user.display_name.clone(),
+            username: user.username.clone(),
+            stop,
+        });
+        self.hub.publish(Delivery {
+            room: room.into(),
+            seq: 0,
+            rich: encode(&frame),
+            classic: Utf8Bytes::default(),
+            personal: None,
+            ephemeral: true,
+        });
+        Ok(())
+    }
+
+    /// The room's member count, from a cache refreshed every [`SIZE_FOR`].
+    async fn room_size(&self, room: &str) -> Result<u64, ChatError> {
+        let cached = {
+            let sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
+            sizes
+                .get(room)
+                .filter(|(_, at)| at.elapsed() < SIZE_FOR)
+                .map(|(n, _)| *n)
+        };
+        if let Some(n) = cached {
+            return Ok(n);
+        }
+        let n = self
+            .store
+            .room_info(room, None)
+            .await?
+            .map_or(0, |info| info.members);
+        let mut sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
+        if sizes.len() >= SIZES_KEPT {
+            sizes.retain(|_, (_, at)| at.elapsed() < SIZE_FOR);
+        }
+        sizes.insert(room.to_owned(), (n, Instant::now()));
+        Ok(n)
     }
 
     /// The one authorisation point (see [`access::authorize`]).
@@ -258,14 +366,137 @@ impl Chat {
         client_id: String,
         author: Author,
         body: String,
+        reply_to: Option<u64>,
     ) -> Result<Appended, ChatError> {
         protocol::validate_client_id(&client_id)?;
         protocol::validate_body(&body)?;
         self.authorize(user, room, Action::Post).await?;
+        let mut message = NewMessage::chat(room, client_id, author, body);
+        message.reply_to = reply_to;
         self.store
-            .append(NewMessage::chat(room, client_id, author, body))
+            .append(message)
             .await
-            .map_err(|e| ChatError::from_store(e, room))
+            .map_err(|e| ChatError::about_message(e, room, reply_to))
+    }
+
+    /// Changes the text of the caller's own message `target`, within the edit window. Those it
+    /// now mentions who it did not before are notified.
+    pub async fn edit(
+        &self,
+        user: &User,
+        room: &str,
+        client_id: String,
+        target: u64,
+        body: String,
+    ) -> Result<Appended, ChatError> {
+        protocol::validate_client_id(&client_id)?;
+        protocol::validate_body(&body)?;
+        self.authorize(Some(user), room, Action::Post).await?;
+        let window = self.limits.edit_window;
+        let change = Change::Edit {
+            window_ms: window.map(|w| i64::try_from(w.as_millis()).unwrap_or(i64::MAX)),
+        };
+        self.change_message(
+            user,
+            room,
+            client_id,
+            EventKind::MessageEdited,
+            target,
+            body,
+            change,
+        )
+        .await
+        .map_err(|e| match e {
+            ChatError::Store(StoreError::EditWindowClosed) => {
+                ChatError::EditWindowClosed(window.map_or(0, |w| w.as_secs() / 60))
+            }
+            other => other,
+        })
+    }
+
+    /// Deletes message `target`: the caller's own, or any in a room the caller owns (or as an
+    /// admin). Its text goes from the store, the search index and every later answer.
+    pub async fn delete(
+        &self,
+        user: &User,
+        room: &str,
+        client_id: String,
+        target: u64,
+    ) -> Result<Appended, ChatError> {
+        protocol::validate_client_id(&client_id)?;
+        let access = self.authorize(Some(user), room, Action::Post).await?;
+        let any_author = user.is_admin || access.owner_id == Some(user.id);
+        let change = Change::Delete { any_author };
+        let kind = EventKind::MessageDeleted;
+        self.change_message(user, room, client_id, kind, target, String::new(), change)
+            .await
+    }
+
+    /// Adds (`on`) or takes back the caller's reaction to message `target`; `None` when that is
+    /// already so (nothing is stored).
+    pub async fn react(
+        &self,
+        user: &User,
+        room: &str,
+        target: u64,
+        emoji: &str,
+        on: bool,
+    ) -> Result<Option<Appended>, ChatError> {
+        protocol::validate_emoji(emoji)?;
+        self.authorize(Some(user), room, Action::Post).await?;
+        let (kind, max) = (
+            if on {
+                EventKind::ReactionAdded
+            } else {
+                EventKind::ReactionRemoved
+            },
+            self.limits.max_reactions,
+        );
+        let change = Change::React {
+            add: on,
+            max_emoji: max,
+        };
+        let done = self
+            .change_message(
+                user,
+                room,
+                server_client_id(),
+                kind,
+                target,
+                emoji.to_owned(),
+                change,
+            )
+            .await;
+        match done {
+            Ok(a) => Ok(Some(a)),
+            Err(ChatError::Store(StoreError::Unchanged)) => Ok(None),
+            Err(ChatError::Store(StoreError::TooManyReactions)) => Err(ChatError::Limit(format!(
+                "a message has at most {max} different reactions"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stores an event by `user` that changes message `target` of the room.
+    #[allow(clippy::too_many_arguments)] // each is one part of the event
+    async fn change_message(
+        &self,
+        user: &User,
+        room: &str,
+        client_id: String,
+        kind: EventKind,
+        target: u64,
+        body: String,
+        change: Change,
+    ) -> Result<Appended, ChatError> {
+        let mut event = NewMessage::chat(room, client_id, Author::of(user), body);
+        event.kind = kind;
+        event.target = Some(target);
+        event.change = change;
+        self.store
+            .append(event)
+            .await
+            .map_err(|e| ChatError::about_message(e, room, Some(target)))
     }
 
     /// A page of history: after `after`, or before `before` (the newest when neither).
@@ -337,7 +568,12 @@ impl Chat {
         room: &str,
     ) -> Result<Vec<MemberInfo>, ChatError> {
         self.authorize(user, room, Action::Read).await?;
-        Ok(self.store.members(room).await?)
+        let mut members = self.store.members(room).await?;
+        for m in &mut members {
+            let p = self.presence.of(&m.username);
+            (m.status, m.last_active) = (p.status, p.last_active);
+        }
+        Ok(members)
     }
 
     /// Makes a room owned by `user`, who is its first member.
@@ -444,6 +680,8 @@ impl Chat {
                 body: String::new(),
                 member: None,
                 change: Change::Create(room),
+                target: None,
+                reply_to: None,
             })
             .await
             .map_err(|e| ChatError::from_store(e, &name))?;
@@ -590,17 +828,18 @@ impl Chat {
         user: &User,
         room: &str,
         seq: u64,
-    ) -> Result<(u64, u64), ChatError> {
+    ) -> Result<ReadState, ChatError> {
         self.authorize(Some(user), room, Action::MarkRead).await?;
-        let (read, unread) = self
+        let read = self
             .store
             .mark_read(room, user.id, seq)
             .await?
             .ok_or_else(|| ChatError::NotMember(room.to_owned()))?;
         let frame = ServerFrame::Read(ReadPosition {
             room: room.to_owned(),
-            seq: read,
-            unread,
+            seq: read.seq,
+            unread: read.unread,
+            mentions: read.mentions,
         });
         self.hub.publish(Delivery {
             room: personal_channel(&user.username).into(),
@@ -608,8 +847,9 @@ impl Chat {
             rich: encode(&frame),
             classic: Utf8Bytes::default(),
             personal: Some(Personal::Frame),
+            ephemeral: false,
         });
-        Ok((read, unread))
+        Ok(read)
     }
 
     async fn named(&self, username: &str) -> Result<User, ChatError> {
@@ -643,6 +883,8 @@ impl Chat {
                     username: m.username.clone(),
                 }),
                 change,
+                target: None,
+                reply_to: None,
             })
             .await
             .map_err(|e| ChatError::from_store(e, room))

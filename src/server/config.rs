@@ -133,6 +133,42 @@ pub struct Config {
     /// Rooms one account may make per hour; more are refused with 429.
     #[arg(long, env = "HUBBUB_ROOMS_PER_HOUR", default_value_t = 10)]
     pub rooms_per_hour: u64,
+
+    /// How long after sending a message its author may edit it; `0` for no limit.
+    #[arg(long, env = "HUBBUB_EDIT_WINDOW", default_value = "15m", value_parser = parse_window)]
+    pub edit_window: Window,
+
+    /// Different emoji one message may collect as reactions.
+    #[arg(long, env = "HUBBUB_MAX_REACTIONS", default_value_t = 20)]
+    pub max_reactions: u64,
+
+    /// Typing indicators are not relayed in rooms with more members than this.
+    #[arg(long, env = "HUBBUB_TYPING_MAX_MEMBERS", default_value_t = 100)]
+    pub typing_max_members: u64,
+
+    /// Largest file that may be attached to a message, in bytes; larger uploads get 413.
+    #[arg(long, env = "HUBBUB_MAX_UPLOAD", default_value_t = 10 * 1000 * 1000)]
+    pub max_upload: u64,
+
+    /// Bytes of attachments each account may keep; uploads past it are refused.
+    #[arg(long, env = "HUBBUB_UPLOAD_QUOTA", default_value_t = 1 << 30)]
+    pub upload_quota: u64,
+
+    /// How long without input (or with the tab hidden) before the browser reports its user idle.
+    #[arg(long, env = "HUBBUB_IDLE_AFTER", default_value = "5m", value_parser = parse_duration)]
+    pub idle_after: Duration,
+}
+
+/// A time limit that may be switched off with `0`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window(pub Option<Duration>);
+
+/// Parses a duration as [`parse_duration`] does, or `0` for none.
+pub fn parse_window(s: &str) -> Result<Window, String> {
+    if s.trim() == "0" {
+        return Ok(Window(None));
+    }
+    parse_duration(s).map(|d| Window(Some(d)))
 }
 
 /// Parses `250ms`, `20s`, `2m`, `12h`, `30d`, or a bare number of seconds.
@@ -231,6 +267,16 @@ mod tests {
         assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7_200)));
         assert!(parse_duration("5w").is_err());
+    }
+
+    #[test]
+    fn windows_may_be_switched_off() {
+        assert_eq!(parse_window("0"), Ok(Window(None)));
+        assert_eq!(
+            parse_window("15m"),
+            Ok(Window(Some(Duration::from_secs(900))))
+        );
+        assert!(parse_window("-1").is_err());
     }
 
     #[test]

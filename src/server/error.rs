@@ -89,7 +89,10 @@ fn chat_status(e: &ChatError) -> StatusCode {
     match e {
         ChatError::Invalid(_) => StatusCode::BAD_REQUEST,
         // A room the caller may not see is one that does not exist.
-        ChatError::UnknownRoom(_) | ChatError::UnknownUser(_) => StatusCode::NOT_FOUND,
+        ChatError::UnknownRoom(_) | ChatError::UnknownUser(_) | ChatError::UnknownMessage(_) => {
+            StatusCode::NOT_FOUND
+        }
+        ChatError::EditWindowClosed(_) | ChatError::MessageDeleted => StatusCode::CONFLICT,
         ChatError::NotMember(_) | ChatError::Forbidden(_) => StatusCode::FORBIDDEN,
         ChatError::Archived(_) | ChatError::RoomExists(_) => StatusCode::CONFLICT,
         ChatError::Limit(_) => StatusCode::UNPROCESSABLE_ENTITY,

@@ -24,6 +24,9 @@ pub struct Delivery {
     pub classic: Utf8Bytes,
     /// Set on what goes to one account's sockets rather than to a room's members.
     pub personal: Option<Personal>,
+    /// A signal that is never stored (typing, presence): no seq, passed on as it is, and the
+    /// first thing a member's queue sheds under pressure.
+    pub ephemeral: bool,
 }
 
 /// What a delivery on an account's own channel (see [`personal_channel`]) asks its sockets to do.
@@ -99,6 +102,8 @@ impl QueueState {
 
 enum Pushed {
     Queued,
+    /// An ephemeral delivery, dropped because the queue is busy.
+    Shed,
     /// The queue is full: the member is flagged to resync.
     Overflowed,
     /// The member is already flagged to resync, which will read this one from storage.
@@ -120,6 +125,12 @@ impl Queue {
                 // It resyncs from storage anyway (and was woken when flagged); this one will be
                 // read there.
                 return Pushed::Skipped;
+            } else if d.ephemeral
+                && (st.items.len() >= max_len / 2 || st.bytes + size > max_bytes / 2)
+            {
+                // Typing and presence give way to messages: past half its bounds a queue takes
+                // no more of them (they are never replayed, so nothing needs resyncing).
+                return Pushed::Shed;
             } else if st.items.len() >= max_len || st.bytes + size > max_bytes {
                 // What it had queued will be read from storage by the resync: keeping it would
                 // only hold memory and make the next overflow come sooner.
@@ -209,7 +220,31 @@ impl Hub {
                     Pushed::Overflowed => {
                         self.inner.overflows.fetch_add(1, Ordering::Relaxed);
                     }
-                    Pushed::Skipped => {}
+                    Pushed::Skipped | Pushed::Shed => {}
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Hands an ephemeral delivery to every member of any of `rooms`, once each however many of
+    /// them it is in. Returns how many got it.
+    pub fn publish_to_rooms(&self, rooms: &[Arc<str>], delivery: Delivery) -> usize {
+        let delivery = Arc::new(delivery);
+        let (max_len, max_bytes) = (self.inner.queue_len, self.inner.queue_bytes);
+        let size = delivery.size();
+        let mut seen = std::collections::HashSet::new();
+        let mut delivered = 0;
+        let all = self.rooms();
+        for members in rooms.iter().filter_map(|r| all.get(r)) {
+            for (id, queue) in members {
+                if seen.insert(*id)
+                    && matches!(
+                        queue.push(&delivery, size, max_len, max_bytes),
+                        Pushed::Queued
+                    )
+                {
+                    delivered += 1;
                 }
             }
         }
@@ -311,6 +346,7 @@ mod tests {
             rich: Utf8Bytes::from(format!("r{seq}")),
             classic: Utf8Bytes::from(format!("c{seq}")),
             personal: None,
+            ephemeral: false,
         }
     }
 
@@ -395,6 +431,48 @@ mod tests {
         assert!(matches!(a.try_recv(), Some(Event::Lagged)));
         assert!(matches!(b.try_recv(), Some(Event::Lagged)));
         assert!(a.try_recv().is_none());
+    }
+
+    #[tokio::test]
+    async fn ephemeral_deliveries_give_way_under_pressure_and_never_flag_lag() {
+        let hub = Hub::new(4, 1 << 20);
+        let mut a = hub.subscribe();
+        a.join("general");
+        let typing = || {
+            let mut d = delivery("general", 0);
+            d.ephemeral = true;
+            d
+        };
+        assert_eq!(hub.publish(typing()), 1);
+        hub.publish(delivery("general", 1));
+        // Two of four queued: half full, so typing is shed; messages still fit.
+        assert_eq!(hub.publish(typing()), 0);
+        assert_eq!(hub.publish(delivery("general", 2)), 1);
+        assert_eq!(hub.overflows(), 0);
+        let mut got = Vec::new();
+        while let Some(Event::Delivery(d)) = a.try_recv() {
+            got.push((d.seq, d.ephemeral));
+        }
+        assert_eq!(got, vec![(0, true), (1, false), (2, false)]);
+    }
+
+    #[tokio::test]
+    async fn publishing_to_several_rooms_reaches_each_member_once() {
+        let hub = Hub::new(8, 1 << 20);
+        let mut a = hub.subscribe();
+        let mut b = hub.subscribe();
+        let mut c = hub.subscribe();
+        a.join("one");
+        a.join("two");
+        b.join("two");
+        c.join("three");
+        let mut d = delivery("", 0);
+        d.ephemeral = true;
+        let rooms: Vec<Arc<str>> = vec!["one".into(), "two".into()];
+        assert_eq!(hub.publish_to_rooms(&rooms, d), 2);
+        assert!(a.try_recv().is_some() && a.try_recv().is_none());
+        assert!(b.try_recv().is_some());
+        assert!(c.try_recv().is_none());
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ pub mod hub;
 pub mod limits;
 pub mod page;
 pub mod pages;
+pub mod presence;
 pub mod serve;
 pub mod store;
 pub mod tasks;
@@ -71,6 +72,17 @@ pub struct AppState {
     pub tasks: tasks::Tasks,
     /// Open TCP connections, for `/healthz`.
     pub open: serve::OpenConnections,
+    /// What the page is told of the server's settings.
+    pub client_settings: crate::session::ClientSettings,
+    /// Limits on attachments.
+    pub uploads: UploadLimits,
+}
+
+/// How large an attachment may be, and how much of them each account may keep (bytes).
+#[derive(Clone, Copy, Debug)]
+pub struct UploadLimits {
+    pub max: u64,
+    pub quota: u64,
 }
 
 /// Counts open WebSocket connections so shutdown can wait for them.
@@ -162,6 +174,9 @@ impl AppState {
                 chat::RoomLimits {
                     max_members: config.max_room_members,
                     rooms_per_hour: config.rooms_per_hour,
+                    edit_window: config.edit_window.0,
+                    max_reactions: config.max_reactions,
+                    typing_max_members: config.typing_max_members,
                 },
             ),
             shutdown: watch::Sender::new(false),
@@ -175,6 +190,14 @@ impl AppState {
             request_timeout: config.request_timeout,
             tasks,
             open: serve::OpenConnections::default(),
+            client_settings: crate::session::ClientSettings {
+                idle_after_ms: u64::try_from(config.idle_after.as_millis()).unwrap_or(u64::MAX),
+                max_upload: config.max_upload,
+            },
+            uploads: UploadLimits {
+                max: config.max_upload,
+                quota: config.upload_quota,
+            },
         })
     }
 }
@@ -330,6 +353,12 @@ pub fn router(state: AppState) -> Router {
                 .post(api::post_message)
                 .layer(axum::extract::DefaultBodyLimit::max(api::MAX_POST_BYTES)),
         )
+        .route(
+            "/api/rooms/{room}/messages/{seq}",
+            axum::routing::patch(api::edit_message)
+                .delete(api::delete_message)
+                .layer(axum::extract::DefaultBodyLimit::max(api::MAX_POST_BYTES)),
+        )
         .merge(
             Router::new()
                 .route("/api/rooms", get(api::rooms).post(api::create_room))
@@ -343,6 +372,10 @@ pub fn router(state: AppState) -> Router {
                 )
                 .route("/api/rooms/{room}/read", axum::routing::put(api::mark_read))
                 .route("/api/dms", post(api::open_dm))
+                .route(
+                    "/api/rooms/{room}/messages/{seq}/reactions/{emoji}",
+                    axum::routing::put(api::react).delete(api::react),
+                )
                 // Room requests are a few short fields.
                 .layer(axum::extract::DefaultBodyLimit::max(
                     api::MAX_ROOM_BODY_BYTES,

@@ -91,7 +91,9 @@ async fn load(
     };
     Ok(PageData {
         me: user.as_ref().map(|u| u.display_name.clone()),
+        me_id: user.as_ref().map(|u| u.id),
         me_username: user.map(|u| u.username),
+        settings: state.client_settings.clone(),
         csrf,
         rooms,
         requested: room,

@@ -6,7 +6,9 @@ use crate::protocol::{
     self, close, ClassicMessage, ClientFrame, ErrorCode, Invalid, RoomInfo, ServerFrame,
     DEFAULT_ROOM, MAX_FRAME_BYTES, MAX_RESUME_ROOMS, SUBPROTOCOL,
 };
-use crate::protocol::{Ack, ErrorReply, HistoryGap, Joined, Left, Pong, RoomUpdate, Welcome};
+use crate::protocol::{
+    Ack, ErrorReply, HistoryGap, Joined, Left, Pong, PresenceUpdate, RoomUpdate, Welcome,
+};
 use crate::server::access::Action;
 use crate::server::api::rate_key;
 use crate::server::auth::{self, Auth, Denied, Identity};
@@ -204,7 +206,21 @@ struct Connection {
     over_since: Option<Instant>,
     /// When a frame was last admitted.
     last_pass: Option<Instant>,
+    /// The account's presence through this session (accounts on `hubbub.v1`, from `hello`).
+    presence: Option<crate::server::presence::Session>,
+    /// Typing and presence frames have an allowance of their own, apart from the message
+    /// budget: [`SIGNAL_BURST`] at once, one more each [`SIGNAL_EVERY`]. Past it they are
+    /// dropped.
+    signal_tokens: u8,
+    signal_at: Option<Instant>,
+    /// Since when signals have come past their allowance without a break.
+    signals_over_since: Option<Instant>,
 }
+
+/// Typing and presence frames a client may send at once without touching its message budget.
+const SIGNAL_BURST: u8 = 4;
+/// How often the signal allowance grows back by one.
+const SIGNAL_EVERY: Duration = Duration::from_secs(1);
 
 /// A client frame, parsed.
 enum Input {
@@ -213,6 +229,14 @@ enum Input {
 }
 
 impl Input {
+    /// Whether the frame is an ephemeral signal (typing, presence).
+    fn is_signal(&self) -> bool {
+        matches!(
+            self,
+            Input::Rich(Ok(ClientFrame::Typing { .. } | ClientFrame::Presence { .. }))
+        )
+    }
+
     /// What the frame costs of the message budget: one, and one per room a `hello` resumes (a
     /// `hello` with too many rooms is refused outright, so it costs one).
     fn cost(&self) -> u32 {
@@ -276,6 +300,10 @@ impl Connection {
             paused_until: None,
             over_since: None,
             last_pass: None,
+            presence: None,
+            signal_tokens: SIGNAL_BURST,
+            signal_at: None,
+            signals_over_since: None,
             cursors: HashMap::new(),
             user: None,
             said_hello: false,
@@ -478,6 +506,9 @@ impl Connection {
     /// Stops following a room and tells the client.
     async fn drop_room(&mut self, socket: &mut WebSocket, room: &str) -> Result<(), End> {
         self.sub.leave(room);
+        if let Some(p) = &mut self.presence {
+            p.unfollow(room);
+        }
         if self.cursors.remove(room).is_some() && self.mode == Mode::Rich {
             let left = ServerFrame::Left(Left {
                 room: room.to_owned(),
@@ -544,6 +575,16 @@ impl Connection {
             });
             feed(socket, text(encode(&joined))).await?;
         }
+        // Who of the room is here, then their changes as they come.
+        if let Some(p) = &mut self.presence {
+            p.follow(&room);
+            let users = self.chat.presence.snapshot(&room);
+            let snapshot = ServerFrame::Presence(PresenceUpdate {
+                room: Some(room.to_string()),
+                users,
+            });
+            feed(socket, text(encode(&snapshot))).await?;
+        }
         Ok(())
     }
 
@@ -551,6 +592,13 @@ impl Connection {
     async fn deliver(&mut self, socket: &mut WebSocket, d: Arc<Delivery>) -> Result<(), End> {
         if let Some(note) = &d.personal {
             return Box::pin(self.on_personal(socket, &d, note)).await;
+        }
+        if d.ephemeral {
+            // Typing and presence: passed on as they are, to rich clients only.
+            if self.mode == Mode::Rich {
+                return feed(socket, text(d.rich.clone())).await;
+            }
+            return Ok(());
         }
         let Some(cursor) = self.cursors.get_mut(&d.room) else {
             return Ok(()); // left the room since it was queued
@@ -690,6 +738,22 @@ impl Connection {
         flush(socket).await
     }
 
+    /// The connection's account; a guest is told the frame is for accounts only.
+    async fn account(
+        &self,
+        socket: &mut WebSocket,
+        reference: &str,
+    ) -> Result<Option<crate::server::store::User>, End> {
+        match &self.identity.user {
+            Some(u) => Ok(Some(u.clone())),
+            None => {
+                let e = ChatError::Forbidden("guests cannot do that; sign up first");
+                send(socket, chat_error(&e, Some(reference.to_owned()))).await?;
+                Ok(None)
+            }
+        }
+    }
+
     async fn head(&self, room: &str) -> Result<Option<u64>, End> {
         self.chat.store.head(room).await.map_err(|e| {
             tracing::error!(error = %e, "reading room head failed");
@@ -719,7 +783,28 @@ impl Connection {
         waited: bool,
     ) -> Result<(), End> {
         let now = Instant::now();
-        match self.rates.take(self.rate_key, input.cost()) {
+        // Typing and presence have an allowance of their own and never touch the message
+        // budget: past it they are dropped, and a client that keeps sending them past it for
+        // [`RATE_PATIENCE`] is closed.
+        if input.is_signal() {
+            if self.signal_allowed(now) {
+                self.signals_over_since = None;
+                return match input {
+                    Input::Rich(frame) => self.on_rich(socket, frame).await,
+                    Input::Classic(msg) => self.on_classic(msg).await,
+                };
+            }
+            let since = *self.signals_over_since.get_or_insert(now);
+            if now.duration_since(since) >= RATE_PATIENCE {
+                return Err(End::Close(
+                    close::POLICY,
+                    "typing signals too fast for too long",
+                ));
+            }
+            return Ok(());
+        }
+        let taken = self.rates.take(self.rate_key, input.cost());
+        match taken {
             Ok(()) => {
                 if !waited {
                     // Within its rate again.
@@ -757,6 +842,25 @@ impl Connection {
         }
     }
 
+    /// Takes one from the signal allowance, if there is one.
+    fn signal_allowed(&mut self, now: Instant) -> bool {
+        if let Some(at) = self.signal_at {
+            let grown = now.duration_since(at).as_millis() / SIGNAL_EVERY.as_millis().max(1);
+            if grown > 0 {
+                let grown = u8::try_from(grown).unwrap_or(u8::MAX);
+                self.signal_tokens = self.signal_tokens.saturating_add(grown).min(SIGNAL_BURST);
+                self.signal_at = Some(now);
+            }
+        } else {
+            self.signal_at = Some(now);
+        }
+        if self.signal_tokens == 0 {
+            return false;
+        }
+        self.signal_tokens -= 1;
+        true
+    }
+
     /// A classic client only ever gets classic frames: what it cannot be told in one (a bad
     /// frame, a refused message) ends the connection with a close code and a reason.
     async fn on_classic(&mut self, msg: Result<ClassicMessage, String>) -> Result<(), End> {
@@ -785,6 +889,7 @@ impl Connection {
                 server_client_id(),
                 author,
                 msg.message,
+                None,
             )
             .await
         {
@@ -843,6 +948,9 @@ impl Connection {
                 let rooms: Vec<RoomInfo> = match &account {
                     Some(me) => {
                         self.sub.join(&personal_channel(&me.username));
+                        let now = crate::server::auth::now_ms();
+                        self.presence =
+                            Some(self.chat.presence.connect(&me.username, self.sub.id(), now));
                         self.chat.rooms(me).await.map_err(storage_failed)?
                     }
                     None => Vec::new(),
@@ -853,6 +961,7 @@ impl Connection {
                         user,
                         session: format!("c{}", self.sub.id()),
                         protocol: SUBPROTOCOL.to_owned(),
+                        user_id: account.as_ref().map(|u| u.id),
                         username: account.map(|u| u.username),
                         rooms: rooms.clone(),
                     }))),
@@ -872,6 +981,9 @@ impl Connection {
             ClientFrame::Join { room, after } => self.join(socket, &room, after).await,
             ClientFrame::Leave { room } => {
                 self.sub.leave(&room);
+                if let Some(p) = &mut self.presence {
+                    p.unfollow(&room);
+                }
                 self.cursors.remove(room.as_str());
                 Ok(())
             }
@@ -880,6 +992,7 @@ impl Connection {
                 client_id,
                 body,
                 user,
+                reply_to,
             } => {
                 if !self.cursors.contains_key(room.as_str()) {
                     let message = format!("join {room:?} before sending to it");
@@ -905,19 +1018,75 @@ impl Connection {
                         client_id.clone(),
                         author,
                         body,
+                        reply_to,
                     )
                     .await;
-                match posted {
-                    Ok(a) => {
-                        let ack = ServerFrame::Ack(Ack {
-                            client_id,
-                            room,
-                            seq: a.message.seq,
-                        });
-                        send(socket, text(encode(&ack))).await
-                    }
-                    Err(e) => send(socket, chat_error(&e, Some(client_id))).await,
+                acked(socket, posted, client_id, room).await
+            }
+            ClientFrame::Edit {
+                room,
+                client_id,
+                target,
+                body,
+            } => {
+                let Some(user) = self.account(socket, &client_id).await? else {
+                    return Ok(());
+                };
+                let edited = self
+                    .chat
+                    .edit(&user, &room, client_id.clone(), target, body)
+                    .await;
+                acked(socket, edited, client_id, room).await
+            }
+            ClientFrame::Delete {
+                room,
+                client_id,
+                target,
+            } => {
+                let Some(user) = self.account(socket, &client_id).await? else {
+                    return Ok(());
+                };
+                let deleted = self
+                    .chat
+                    .delete(&user, &room, client_id.clone(), target)
+                    .await;
+                acked(socket, deleted, client_id, room).await
+            }
+            ClientFrame::React {
+                room,
+                target,
+                emoji,
+                on,
+            } => {
+                let Some(user) = self.account(socket, &room).await? else {
+                    return Ok(());
+                };
+                match self.chat.react(&user, &room, target, &emoji, on).await {
+                    // The reaction's event comes back like any other; nothing to add.
+                    Ok(_) => Ok(()),
+                    Err(ChatError::Store(e)) => Err(storage_failed(ChatError::Store(e))),
+                    Err(e) => send(socket, chat_error(&e, Some(room))).await,
                 }
+            }
+            ClientFrame::Typing { room, stop } => {
+                // Only where the session is, only for accounts; beyond that nothing is said (a
+                // typing indicator is not worth an error frame).
+                let Some(user) = self.identity.user.clone() else {
+                    return Ok(());
+                };
+                if !self.cursors.contains_key(room.as_str()) {
+                    return Ok(());
+                }
+                self.chat
+                    .typing(&user, &room, stop)
+                    .await
+                    .map_err(storage_failed)
+            }
+            ClientFrame::Presence { status } => {
+                if let Some(p) = &self.presence {
+                    p.set(status, crate::server::auth::now_ms());
+                }
+                Ok(())
             }
             ClientFrame::Read { room, seq } => {
                 let Some(user) = self.identity.user.clone() else {
@@ -968,6 +1137,26 @@ async fn finish(mut socket: WebSocket, end: End) {
             while let Some(Ok(_)) = socket.recv().await {}
         })
         .await;
+    }
+}
+
+/// Answers a durable change the client asked for: `ack` once stored, or the error.
+async fn acked(
+    socket: &mut WebSocket,
+    done: Result<crate::server::store::Appended, ChatError>,
+    client_id: String,
+    room: String,
+) -> Result<(), End> {
+    match done {
+        Ok(a) => {
+            let ack = ServerFrame::Ack(Ack {
+                client_id,
+                room,
+                seq: a.message.seq,
+            });
+            send(socket, text(encode(&ack))).await
+        }
+        Err(e) => send(socket, chat_error(&e, Some(client_id))).await,
     }
 }
 

@@ -63,4 +63,8 @@ async fn the_curl_examples_in_docs_api_md_work() {
         .expect("body");
     assert!(history.contains("hello, design"), "{history}");
     assert!(history.contains("room_renamed"), "{history}");
+    // The edit, the reaction and the deleted reply.
+    assert!(history.contains("hello, design team"), "{history}");
+    assert!(history.contains("🎉"), "{history}");
+    assert!(history.contains(r#""deleted":true"#), "{history}");
 }

@@ -239,6 +239,7 @@ pub fn send_frame(room: &str, client_id: &str, body: &str) -> ClientFrame {
         client_id: client_id.into(),
         body: body.into(),
         user: None,
+        reply_to: None,
     }
 }
 
@@ -263,20 +264,39 @@ pub async fn next(ws: &mut Ws) -> ServerFrame {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad frame {text}: {e}"))
 }
 
+/// The next frame that is not a signal beside the stream (presence, typing).
+pub async fn next_durable(ws: &mut Ws) -> ServerFrame {
+    loop {
+        match next(ws).await {
+            ServerFrame::Presence(_) | ServerFrame::Typing(_) => continue,
+            other => return other,
+        }
+    }
+}
+
 /// The next `message` frame, skipping acks.
 pub async fn next_message(ws: &mut Ws) -> ChatMessage {
     loop {
         match next(ws).await {
             ServerFrame::Message(m) => return m,
-            ServerFrame::Ack(Ack { .. }) => continue,
+            // Acks, and the signals that come and go beside the stream.
+            ServerFrame::Ack(Ack { .. }) | ServerFrame::Presence(_) | ServerFrame::Typing(_) => {
+                continue
+            }
             other => panic!("expected a message, got {other:?}"),
         }
     }
 }
 
-/// Asserts nothing arrives for a moment.
+/// Asserts nothing arrives for a moment but presence (people sharing a room come and go).
 pub async fn quiet(ws: &mut Ws) {
-    if let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_millis(300), ws.next()).await {
+    let until = tokio::time::Instant::now() + Duration::from_millis(300);
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until, ws.next()).await {
+        if let Message::Text(t) = &msg {
+            if t.starts_with(r#"{"type":"presence""#) {
+                continue;
+            }
+        }
         panic!("expected silence, got {msg:?}");
     }
 }
@@ -587,5 +607,71 @@ impl Person {
             ("Cookie", format!("hubbub_session={}", self.session)),
             ("Origin", self.origin.clone()),
         ]
+    }
+}
+
+impl Person {
+    /// A JSON API call with this person's session cookie and origin.
+    pub async fn call(
+        &self,
+        app: &TestApp,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, app.url(path))
+            .header("Cookie", format!("hubbub_session={}", self.session))
+            .header("Origin", self.origin.clone());
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, app: &TestApp, path: &str) -> (u16, Value) {
+        self.call(app, reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, app: &TestApp, path: &str, body: Value) -> (u16, Value) {
+        self.call(app, reqwest::Method::POST, path, Some(body))
+            .await
+    }
+
+    /// A `hubbub.v1` socket, hello said: returns it with the welcome's rooms.
+    pub async fn socket(&self, app: &TestApp, resume: &[(&str, u64)]) -> (Ws, Vec<String>) {
+        let mut ws = app.upgrade(&self.cookie_headers()).await.expect("upgrade");
+        let resume: BTreeMap<String, u64> =
+            resume.iter().map(|(r, s)| ((*r).to_owned(), *s)).collect();
+        send(&mut ws, &ClientFrame::Hello { resume, user: None }).await;
+        let ServerFrame::Welcome(Welcome { rooms, .. }) = next(&mut ws).await else {
+            panic!("expected welcome");
+        };
+        (ws, rooms.into_iter().map(|r| r.name).collect())
+    }
+}
+
+pub fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or_default()
+}
+
+/// Reads frames until `want` matches one; panics on a timeout.
+pub async fn until(ws: &mut Ws, mut want: impl FnMut(&ServerFrame) -> bool) -> ServerFrame {
+    loop {
+        let f = next(ws).await;
+        if want(&f) {
+            return f;
+        }
+    }
+}
+
+/// Reads until the `joined` of every room the welcome listed, collecting the messages before.
+pub async fn settle(ws: &mut Ws, rooms: usize) {
+    for _ in 0..rooms {
+        until(ws, |f| matches!(f, ServerFrame::Joined(Joined { .. }))).await;
     }
 }

@@ -12,4 +12,5 @@ mod faults;
 mod history;
 mod lifecycle;
 mod limits;
+mod messages;
 mod rooms;

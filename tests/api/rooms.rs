@@ -5,73 +5,6 @@ use crate::helpers::*;
 use hubbub::protocol::{ClientFrame, EventKind, ServerFrame};
 use hubbub::protocol::{ErrorReply, Joined, Left, ReadPosition, RoomUpdate, Welcome};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
-
-impl Person {
-    /// A JSON API call with this person's session cookie and origin.
-    async fn call(
-        &self,
-        app: &TestApp,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, app.url(path))
-            .header("Cookie", format!("hubbub_session={}", self.session))
-            .header("Origin", self.origin.clone());
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn get(&self, app: &TestApp, path: &str) -> (u16, Value) {
-        self.call(app, reqwest::Method::GET, path, None).await
-    }
-
-    async fn post(&self, app: &TestApp, path: &str, body: Value) -> (u16, Value) {
-        self.call(app, reqwest::Method::POST, path, Some(body))
-            .await
-    }
-
-    /// A `hubbub.v1` socket, hello said: returns it with the welcome's rooms.
-    async fn socket(&self, app: &TestApp, resume: &[(&str, u64)]) -> (Ws, Vec<String>) {
-        let mut ws = app.upgrade(&self.cookie_headers()).await.expect("upgrade");
-        let resume: BTreeMap<String, u64> =
-            resume.iter().map(|(r, s)| ((*r).to_owned(), *s)).collect();
-        send(&mut ws, &ClientFrame::Hello { resume, user: None }).await;
-        let ServerFrame::Welcome(Welcome { rooms, .. }) = next(&mut ws).await else {
-            panic!("expected welcome");
-        };
-        (ws, rooms.into_iter().map(|r| r.name).collect())
-    }
-}
-
-fn code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or_default()
-}
-
-/// Reads frames until `want` matches one; panics on a timeout.
-async fn until(ws: &mut Ws, mut want: impl FnMut(&ServerFrame) -> bool) -> ServerFrame {
-    loop {
-        let f = next(ws).await;
-        if want(&f) {
-            return f;
-        }
-    }
-}
-
-/// Reads until the `joined` of every room the welcome listed, collecting the messages before.
-async fn settle(ws: &mut Ws, rooms: usize) {
-    for _ in 0..rooms {
-        until(ws, |f| matches!(f, ServerFrame::Joined(Joined { .. }))).await;
-    }
-}
 
 #[tokio::test]
 async fn a_private_room_is_invisible_from_outside_on_every_path() {
@@ -222,14 +155,14 @@ async fn a_private_room_is_invisible_from_outside_on_every_path() {
         unreachable!()
     };
     assert_eq!((room.name.as_str(), room.members), ("secret", 2));
-    let ServerFrame::Message(invited) = next(&mut bob_ws).await else {
+    let ServerFrame::Message(invited) = next_durable(&mut bob_ws).await else {
         panic!("expected the invitation event");
     };
     assert_eq!(invited.kind, EventKind::MemberInvited);
     assert_eq!(invited.member.as_deref(), Some("bob"));
     assert_eq!(invited.username.as_deref(), Some("ann"));
     assert!(matches!(
-        next(&mut bob_ws).await,
+        next_durable(&mut bob_ws).await,
         ServerFrame::Joined(Joined { .. })
     ));
     let (s, page) = bob.get(&app, "/api/rooms/secret/messages").await;
@@ -246,12 +179,12 @@ async fn a_private_room_is_invisible_from_outside_on_every_path() {
         )
         .await;
     assert_eq!(s, 204);
-    let ServerFrame::Message(removed) = next(&mut bob_ws).await else {
+    let ServerFrame::Message(removed) = next_durable(&mut bob_ws).await else {
         panic!("expected the removal event");
     };
     assert_eq!(removed.kind, EventKind::MemberRemoved);
     assert!(
-        matches!(next(&mut bob_ws).await, ServerFrame::Left(Left { room }) if room == "secret")
+        matches!(next_durable(&mut bob_ws).await, ServerFrame::Left(Left { room }) if room == "secret")
     );
     ann.post(
         &app,
@@ -437,7 +370,9 @@ async fn unread_counts_follow_the_reader_across_sessions() {
         },
     )
     .await;
-    let ServerFrame::Read(ReadPosition { room, seq, unread }) = until(&mut tab2, |f| {
+    let ServerFrame::Read(ReadPosition {
+        room, seq, unread, ..
+    }) = until(&mut tab2, |f| {
         matches!(f, ServerFrame::Read(ReadPosition { .. }))
     })
     .await

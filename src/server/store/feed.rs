@@ -179,6 +179,7 @@ mod tests {
             body: body.into(),
             member: None,
             ts: 0,
+            ..Default::default()
         })
     }
 

@@ -77,6 +77,14 @@ pub enum Change {
     Topic,
     /// Archives the room.
     Archive,
+    /// Makes the body the new text of the author's own message `target`, if it was posted no
+    /// longer than `window_ms` ago (`None`: any time).
+    Edit { window_ms: Option<i64> },
+    /// Deletes message `target`: the author's own, or any when `any_author` (the room's owner).
+    Delete { any_author: bool },
+    /// Adds (`add`) or takes back the author's reaction `body` to message `target`; a message
+    /// has at most `max_emoji` different ones.
+    React { add: bool, max_emoji: u64 },
 }
 
 /// An event to store, already validated and authorised. A chat message has kind `message` and
@@ -90,6 +98,10 @@ pub struct NewMessage {
     pub body: String,
     pub member: Option<Member>,
     pub change: Change,
+    /// For an edit, delete or reaction: the seq of the message it changes.
+    pub target: Option<u64>,
+    /// For a reply: the seq of the message it answers.
+    pub reply_to: Option<u64>,
 }
 
 impl NewMessage {
@@ -103,6 +115,8 @@ impl NewMessage {
             body,
             member: None,
             change: Change::None,
+            target: None,
+            reply_to: None,
         }
     }
 }
@@ -116,6 +130,16 @@ pub struct Appended {
     /// False when the `(room, client_id)` was already stored (or the DM existed): `message` is
     /// then the original.
     pub created: bool,
+}
+
+/// A member's read position in a room and what is left after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    pub seq: u64,
+    /// Chat messages by others after it.
+    pub unread: u64,
+    /// Messages after it that mention the member.
+    pub mentions: u64,
 }
 
 /// A room and the caller's place in it, as the authorisation point reads it.
@@ -182,6 +206,19 @@ pub enum StoreError {
     NotMember,
     #[error("the room is full")]
     RoomFull,
+    #[error("no such message")]
+    UnknownMessage,
+    #[error("not the author of the message")]
+    NotAuthor,
+    #[error("the edit window has passed")]
+    EditWindowClosed,
+    #[error("the message was deleted")]
+    MessageDeleted,
+    #[error("the message has as many different reactions as it may")]
+    TooManyReactions,
+    /// What was asked is already so (a reaction given twice, taken back twice): no event.
+    #[error("nothing to change")]
+    Unchanged,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     /// A group commit failed; every append in it gets this.
@@ -231,13 +268,13 @@ pub trait Store: Send + Sync + 'static {
     async fn members(&self, room: &str) -> Result<Vec<MemberInfo>, StoreError>;
 
     /// Moves `user`'s read position in `room` forward to `seq` (never back, never past the head);
-    /// returns the position and the unread count after it, or `None` if `user` is not a member.
+    /// returns it, or `None` if `user` is not a member.
     async fn mark_read(
         &self,
         room: &str,
         user: i64,
         seq: u64,
-    ) -> Result<Option<(u64, u64)>, StoreError>;
+    ) -> Result<Option<ReadState>, StoreError>;
 
     /// The accounts with these usernames (unknown ones are left out).
     async fn users_named(&self, usernames: &[String]) -> Result<Vec<User>, StoreError>;

@@ -5,9 +5,12 @@
 use super::feed::FeedSender;
 use super::{
     AccountStore, Appended, Change, CommitFeed, Credentials, InviteInfo, NewMessage, NewRoom,
-    RoomAccess, Store, StoreError, TokenInfo, User,
+    ReadState, RoomAccess, Store, StoreError, TokenInfo, User,
 };
-use crate::protocol::{ChatMessage, EventKind, MemberInfo, RoomInfo, RoomKind, Visibility};
+use crate::protocol::{
+    self, Attachment, ChatMessage, EventKind, MemberInfo, Quote, Reaction, RoomInfo, RoomKind,
+    Visibility,
+};
 use crate::server::faults;
 use crate::server::tasks::{panic_message, Tasks};
 use async_trait::async_trait;
@@ -43,6 +46,7 @@ pub struct SqliteStore {
 #[derive(sqlx::FromRow)]
 struct Row {
     id: i64,
+    room_id: i64,
     room: String,
     seq: i64,
     client_id: String,
@@ -54,13 +58,115 @@ struct Row {
     body: String,
     member: Option<String>,
     ts: i64,
+    target: Option<i64>,
+    reply_to: Option<i64>,
+    edited_at: Option<i64>,
+    deleted: bool,
+    mentions: String,
+    count: Option<i64>,
+    /// The message a reply answers, as it is now.
+    q_user: Option<String>,
+    q_username: Option<String>,
+    q_body: Option<String>,
+    q_deleted: Option<bool>,
+    attachment: Option<String>,
+    a_name: Option<String>,
+    a_size: Option<i64>,
+    a_mime: Option<String>,
+    a_width: Option<i64>,
+    a_height: Option<i64>,
+}
+
+fn seq_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or_default()
+}
+
+/// A comma-separated list of ids, as the `mentions` column keeps it.
+fn ids_of(list: &str) -> Vec<i64> {
+    list.split(',').filter_map(|s| s.parse().ok()).collect()
+}
+
+fn ids_text(ids: &[i64]) -> String {
+    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Turns rows of one room into messages with their reactions (read in one query for the lot).
+async fn messages_of(
+    conn: &mut sqlx::SqliteConnection,
+    rows: Vec<Row>,
+) -> Result<Vec<ChatMessage>, StoreError> {
+    let bounds = rows
+        .iter()
+        .filter(|r| r.kind == "message" && !r.deleted)
+        .fold(None, |b: Option<(i64, i64, i64)>, r| match b {
+            None => Some((r.room_id, r.seq, r.seq)),
+            Some((room, lo, hi)) => Some((room, lo.min(r.seq), hi.max(r.seq))),
+        });
+    let mut out: Vec<ChatMessage> = rows.into_iter().map(ChatMessage::from).collect();
+    let Some((room_id, lo, hi)) = bounds else {
+        return Ok(out);
+    };
+    let given: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT x.seq, x.emoji, u.username FROM reactions x JOIN users u ON u.id = x.user_id \
+         WHERE x.room_id = ? AND x.seq BETWEEN ? AND ? ORDER BY x.seq, x.at, x.user_id",
+    )
+    .bind(room_id)
+    .bind(lo)
+    .bind(hi)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (seq, emoji, username) in given {
+        let Some(m) = out
+            .iter_mut()
+            .find(|m| m.seq == seq_of(seq) && m.is_message())
+        else {
+            continue;
+        };
+        let at = match m.reactions.iter().position(|r| r.emoji == emoji) {
+            Some(at) => at,
+            None => {
+                m.reactions.push(Reaction {
+                    emoji,
+                    ..Default::default()
+                });
+                m.reactions.len() - 1
+            }
+        };
+        let r = &mut m.reactions[at];
+        r.count += 1;
+        if r.users.len() < protocol::REACTION_NAMES {
+            r.users.push(username);
+        }
+    }
+    Ok(out)
 }
 
 impl From<Row> for ChatMessage {
     fn from(r: Row) -> Self {
+        let reply = r.reply_to.and(r.q_user).map(|user| {
+            let deleted = r.q_deleted.unwrap_or(false);
+            Quote {
+                user,
+                username: r.q_username,
+                body: if deleted {
+                    String::new()
+                } else {
+                    protocol::quote_of(r.q_body.as_deref().unwrap_or(""))
+                },
+                deleted,
+            }
+        });
+        let attachment = r.attachment.map(|id| Attachment {
+            id,
+            name: r.a_name.unwrap_or_default(),
+            size: u64::try_from(r.a_size.unwrap_or_default()).unwrap_or_default(),
+            mime: r.a_mime.unwrap_or_default(),
+            width: r.a_width.and_then(|w| u32::try_from(w).ok()),
+            height: r.a_height.and_then(|h| u32::try_from(h).ok()),
+        });
         ChatMessage {
             room: r.room,
-            seq: u64::try_from(r.seq).unwrap_or_default(),
+            seq: seq_of(r.seq),
             id: r.id,
             client_id: r.client_id,
             kind: EventKind::parse(&r.kind),
@@ -71,12 +177,29 @@ impl From<Row> for ChatMessage {
             body: r.body,
             member: r.member,
             ts: r.ts,
+            target: r.target.map(seq_of),
+            reply_to: r.reply_to.map(seq_of),
+            reply,
+            edited: r.edited_at,
+            deleted: r.deleted,
+            mentions: ids_of(&r.mentions),
+            count: r.count.map(seq_of),
+            attachment,
+            ..Default::default()
         }
     }
 }
 
-const SELECT: &str = "SELECT m.id, r.name AS room, m.seq, m.client_id, m.kind, m.user, m.user_id, \
-     m.username, m.guest, m.body, m.member, m.ts FROM messages m JOIN rooms r ON r.id = m.room_id";
+const SELECT: &str = "SELECT m.id, m.room_id, r.name AS room, m.seq, m.client_id, m.kind, m.user, m.user_id, \
+     m.username, m.guest, m.body, m.member, m.ts, m.target, m.reply_to, m.edited_at, \
+     m.deleted_at IS NOT NULL AS deleted, m.mentions, m.count, \
+     q.user AS q_user, q.username AS q_username, q.body AS q_body, \
+     q.deleted_at IS NOT NULL AS q_deleted, \
+     a.id AS attachment, a.name AS a_name, a.size AS a_size, a.mime AS a_mime, \
+     a.width AS a_width, a.height AS a_height \
+     FROM messages m JOIN rooms r ON r.id = m.room_id \
+     LEFT JOIN messages q ON m.reply_to IS NOT NULL AND q.room_id = m.room_id AND q.seq = m.reply_to \
+     LEFT JOIN attachments a ON m.kind = 'message' AND a.room_id = m.room_id AND a.seq = m.seq";
 
 /// A room with the caller's membership, as `room_access`, `rooms_of` and `public_rooms` read it.
 #[derive(sqlx::FromRow)]
@@ -94,6 +217,7 @@ struct RoomRow {
     role: Option<String>,
     last_read: Option<i64>,
     unread: i64,
+    mentions: i64,
 }
 
 /// Selects [`RoomRow`]s for the user bound first; the caller adds `WHERE` and `ORDER BY`.
@@ -103,7 +227,10 @@ const ROOM_SELECT: &str = "SELECT r.name, r.title, r.topic, r.kind, r.visibility
      me.role, me.last_read, \
      CASE WHEN me.user_id IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM messages m \
        WHERE m.room_id = r.id AND m.seq > me.last_read AND m.kind = 'message' \
-       AND m.user_id IS NOT me.user_id) END AS unread \
+       AND m.deleted_at IS NULL AND m.user_id IS NOT me.user_id) END AS unread, \
+     CASE WHEN me.user_id IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM mentions x \
+       WHERE x.room_id = r.id AND x.user_id = me.user_id AND x.at_seq > me.last_read) END \
+       AS mentions \
      FROM rooms r LEFT JOIN users o ON o.id = r.owner_id \
      LEFT JOIN members me ON me.room_id = r.id AND me.user_id = ?";
 
@@ -111,7 +238,7 @@ const ROOM_SELECT: &str = "SELECT r.name, r.title, r.topic, r.kind, r.visibility
 /// read, without counting the room's members and the caller's unread messages each time.
 const ACCESS_SELECT: &str = "SELECT r.name, r.title, r.topic, r.kind, r.visibility, r.head_seq, \
      r.owner_id, NULL AS owner, r.archived_at IS NOT NULL AS archived, 0 AS members, \
-     me.role, me.last_read, 0 AS unread \
+     me.role, me.last_read, 0 AS unread, 0 AS mentions \
      FROM rooms r LEFT JOIN members me ON me.room_id = r.id AND me.user_id = ?";
 
 impl RoomRow {
@@ -150,6 +277,7 @@ impl RoomRow {
                 .and_then(|r| u64::try_from(r).ok())
                 .unwrap_or_default(),
             unread: u64::try_from(self.unread).unwrap_or_default(),
+            mentions: u64::try_from(self.mentions).unwrap_or_default(),
         }
     }
 }
@@ -480,22 +608,148 @@ async fn append_one(
     }
     // Checked again here, where it cannot race a removal: an account writes only to rooms it
     // is in, and nobody but members to a private room or DM.
-    if msg.kind == EventKind::Message {
+    if msg.kind == EventKind::Message || msg.kind.changes_message() {
         let member = match msg.author.user_id {
             Some(user) => is_member(conn, room_id, user).await?,
             None => false,
         };
-        if !member && (msg.author.user_id.is_some() || visibility != "public") {
+        let guest_here = msg.author.user_id.is_none() && visibility == "public";
+        if !(member || guest_here && msg.kind == EventKind::Message) {
             return Err(StoreError::NotMember);
         }
     }
-    apply(conn, room_id, msg).await?;
-    let message = insert_event(conn, room_id, msg).await?;
+    let mut extra = Extra::default();
+    if let Some(target) = msg.reply_to {
+        let original = target_message(conn, room_id, target).await?;
+        extra.reply = Some(original.quote());
+    }
+    apply(conn, room_id, msg, &mut extra).await?;
+    let message = insert_event(conn, room_id, msg, &extra).await?;
+    if !extra.notify.is_empty() {
+        // Each newly mentioned member counts this event (the message, or the edit that named
+        // them) as a mention, until they read past it.
+        let target = msg.target.map_or(message.seq, |t| t);
+        for user in &extra.notify {
+            sqlx::query(
+                "INSERT OR IGNORE INTO mentions (room_id, user_id, at_seq, seq) VALUES (?, ?, ?, ?)",
+            )
+            .bind(room_id)
+            .bind(user)
+            .bind(to_i64(message.seq))
+            .bind(to_i64(target))
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
     Ok(Appended {
         message,
         more: Vec::new(),
         created: true,
     })
+}
+
+/// What an event carries besides what was asked, worked out in its transaction.
+#[derive(Default)]
+struct Extra {
+    /// The members the text mentions (a message, an edit).
+    mentions: Vec<i64>,
+    /// Of those, who was not mentioned before (everyone, for a new message).
+    notify: Vec<i64>,
+    /// A reaction's count once applied.
+    count: Option<u64>,
+    /// A reply's quote.
+    reply: Option<Quote>,
+}
+
+/// A chat message as an edit, delete, reaction or reply finds it.
+struct Target {
+    id: i64,
+    user_id: Option<i64>,
+    user: String,
+    username: Option<String>,
+    body: String,
+    ts: i64,
+    mentions: String,
+}
+
+impl Target {
+    fn quote(&self) -> Quote {
+        Quote {
+            user: self.user.clone(),
+            username: self.username.clone(),
+            body: protocol::quote_of(&self.body),
+            deleted: false,
+        }
+    }
+}
+
+/// The chat message at `seq` in the room, not deleted.
+async fn target_message(
+    conn: &mut sqlx::SqliteConnection,
+    room_id: i64,
+    seq: u64,
+) -> Result<Target, StoreError> {
+    type TargetRow = (
+        i64,
+        String,
+        Option<i64>,
+        String,
+        Option<String>,
+        String,
+        i64,
+        bool,
+        String,
+    );
+    let row: Option<TargetRow> = sqlx::query_as(
+        "SELECT id, kind, user_id, user, username, body, ts, deleted_at IS NOT NULL, mentions \
+         FROM messages WHERE room_id = ? AND seq = ?",
+    )
+    .bind(room_id)
+    .bind(to_i64(seq))
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((id, kind, user_id, user, username, body, ts, deleted, mentions)) = row else {
+        return Err(StoreError::UnknownMessage);
+    };
+    if kind != EventKind::Message.as_str() {
+        return Err(StoreError::UnknownMessage);
+    }
+    if deleted {
+        return Err(StoreError::MessageDeleted);
+    }
+    Ok(Target {
+        id,
+        user_id,
+        user,
+        username,
+        body,
+        ts,
+        mentions,
+    })
+}
+
+/// The members of the room a text mentions by username, its author left out.
+async fn resolve_mentions(
+    conn: &mut sqlx::SqliteConnection,
+    room_id: i64,
+    body: &str,
+    author: Option<i64>,
+) -> Result<Vec<i64>, StoreError> {
+    let names = protocol::mentioned_usernames(body);
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks = vec!["?"; names.len()].join(", ");
+    let sql = format!(
+        "SELECT u.id FROM users u JOIN members m ON m.user_id = u.id AND m.room_id = ? \
+         WHERE u.username IN ({marks}) ORDER BY u.id"
+    );
+    let mut q = sqlx::query_scalar::<_, i64>(&sql).bind(room_id);
+    for n in &names {
+        q = q.bind(n);
+    }
+    let ids = q.fetch_all(&mut *conn).await?;
+    Ok(ids.into_iter().filter(|id| Some(*id) != author).collect())
 }
 
 async fn is_member(
@@ -517,9 +771,14 @@ async fn apply(
     conn: &mut sqlx::SqliteConnection,
     room_id: i64,
     msg: &NewMessage,
+    extra: &mut Extra,
 ) -> Result<(), StoreError> {
     let member = msg.member.as_ref().map(|m| m.user_id);
     match &msg.change {
+        Change::None if msg.kind == EventKind::Message => {
+            extra.mentions = resolve_mentions(conn, room_id, &msg.body, msg.author.user_id).await?;
+            extra.notify = extra.mentions.clone();
+        }
         Change::None | Change::Create(_) => {}
         Change::AddMember { max_members } => {
             let user = member.ok_or(StoreError::NotMember)?;
@@ -574,6 +833,116 @@ async fn apply(
                 .execute(&mut *conn)
                 .await?;
         }
+        Change::Edit { window_ms } => {
+            let target = target_message(conn, room_id, msg.target.unwrap_or_default()).await?;
+            if target.user_id.is_none() || target.user_id != msg.author.user_id {
+                return Err(StoreError::NotAuthor);
+            }
+            if window_ms.is_some_and(|w| now_ms() - target.ts > w) {
+                return Err(StoreError::EditWindowClosed);
+            }
+            let before = ids_of(&target.mentions);
+            extra.mentions = resolve_mentions(conn, room_id, &msg.body, msg.author.user_id).await?;
+            extra.notify = extra
+                .mentions
+                .iter()
+                .filter(|id| !before.contains(id))
+                .copied()
+                .collect();
+            sqlx::query("UPDATE messages SET body = ?, edited_at = ?, mentions = ? WHERE id = ?")
+                .bind(&msg.body)
+                .bind(now_ms())
+                .bind(ids_text(&extra.mentions))
+                .bind(target.id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Change::Delete { any_author } => {
+            let seq = msg.target.unwrap_or_default();
+            let target = target_message(conn, room_id, seq).await?;
+            let own = target.user_id.is_some() && target.user_id == msg.author.user_id;
+            if !own && !any_author {
+                return Err(StoreError::NotAuthor);
+            }
+            // The text goes from the message, from every edit of it, from the search index (by
+            // trigger), and with it its reactions and mentions.
+            sqlx::query(
+                "UPDATE messages SET body = '', deleted_at = ?, mentions = '', edited_at = NULL \
+                 WHERE id = ?",
+            )
+            .bind(now_ms())
+            .bind(target.id)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "UPDATE messages SET body = '', mentions = '' \
+                 WHERE room_id = ? AND target = ? AND kind = 'message_edited'",
+            )
+            .bind(room_id)
+            .bind(to_i64(seq))
+            .execute(&mut *conn)
+            .await?;
+            for table in ["reactions", "mentions"] {
+                sqlx::query(&format!(
+                    "DELETE FROM {table} WHERE room_id = ? AND seq = ?"
+                ))
+                .bind(room_id)
+                .bind(to_i64(seq))
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+        Change::React { add, max_emoji } => {
+            let seq = to_i64(msg.target.unwrap_or_default());
+            target_message(conn, room_id, msg.target.unwrap_or_default()).await?;
+            let user = msg.author.user_id.ok_or(StoreError::NotMember)?;
+            let emoji = &msg.body;
+            let changed = if *add {
+                let known: Vec<String> = sqlx::query_scalar(
+                    "SELECT DISTINCT emoji FROM reactions WHERE room_id = ? AND seq = ?",
+                )
+                .bind(room_id)
+                .bind(seq)
+                .fetch_all(&mut *conn)
+                .await?;
+                if !known.contains(emoji) && known.len() as u64 >= *max_emoji {
+                    return Err(StoreError::TooManyReactions);
+                }
+                sqlx::query(
+                    "INSERT OR IGNORE INTO reactions (room_id, seq, emoji, user_id, at) \
+                     VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(room_id)
+                .bind(seq)
+                .bind(emoji)
+                .bind(user)
+                .bind(now_ms())
+                .execute(&mut *conn)
+                .await?
+            } else {
+                sqlx::query(
+                    "DELETE FROM reactions WHERE room_id = ? AND seq = ? AND emoji = ? AND user_id = ?",
+                )
+                .bind(room_id)
+                .bind(seq)
+                .bind(emoji)
+                .bind(user)
+                .execute(&mut *conn)
+                .await?
+            };
+            if changed.rows_affected() == 0 {
+                return Err(StoreError::Unchanged);
+            }
+            let count: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM reactions WHERE room_id = ? AND seq = ? AND emoji = ?",
+            )
+            .bind(room_id)
+            .bind(seq)
+            .bind(emoji)
+            .fetch_one(&mut *conn)
+            .await?;
+            extra.count = Some(seq_of(count));
+        }
     }
     Ok(())
 }
@@ -583,6 +952,7 @@ async fn insert_event(
     conn: &mut sqlx::SqliteConnection,
     room_id: i64,
     msg: &NewMessage,
+    extra: &Extra,
 ) -> Result<ChatMessage, StoreError> {
     let seq: i64 = sqlx::query_scalar(
         "UPDATE rooms SET head_seq = head_seq + 1 WHERE id = ? RETURNING head_seq",
@@ -594,8 +964,9 @@ async fn insert_event(
     let member = msg.member.as_ref().map(|m| m.username.clone());
     let guest = msg.author.user_id.is_none();
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO messages (room_id, seq, client_id, kind, user, user_id, username, guest, body, member, ts) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        "INSERT INTO messages (room_id, seq, client_id, kind, user, user_id, username, guest, body, \
+         member, ts, target, reply_to, mentions, count) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(room_id)
     .bind(seq)
@@ -608,11 +979,15 @@ async fn insert_event(
     .bind(&msg.body)
     .bind(&member)
     .bind(ts)
+    .bind(msg.target.map(to_i64))
+    .bind(msg.reply_to.map(to_i64))
+    .bind(ids_text(&extra.mentions))
+    .bind(extra.count.map(to_i64))
     .fetch_one(&mut *conn)
     .await?;
     Ok(ChatMessage {
         room: msg.room.clone(),
-        seq: u64::try_from(seq).unwrap_or_default(),
+        seq: seq_of(seq),
         id,
         client_id: msg.client_id.clone(),
         kind: msg.kind,
@@ -623,6 +998,17 @@ async fn insert_event(
         body: msg.body.clone(),
         member,
         ts,
+        target: msg.target,
+        reply_to: msg.reply_to,
+        reply: extra.reply.clone(),
+        mentions: extra.mentions.clone(),
+        notify: if msg.kind == EventKind::MessageEdited {
+            extra.notify.clone()
+        } else {
+            Vec::new()
+        },
+        count: extra.count,
+        ..Default::default()
     })
 }
 
@@ -688,7 +1074,7 @@ async fn create_room(
         .execute(&mut *conn)
         .await?;
     }
-    let message = insert_event(conn, room_id, msg).await?;
+    let message = insert_event(conn, room_id, msg, &Extra::default()).await?;
     let mut more = Vec::with_capacity(room.invited.len());
     for (i, member) in room.invited.iter().enumerate() {
         let invite = NewMessage {
@@ -699,8 +1085,10 @@ async fn create_room(
             body: String::new(),
             member: Some(member.clone()),
             change: Change::None,
+            target: None,
+            reply_to: None,
         };
-        more.push(insert_event(conn, room_id, &invite).await?);
+        more.push(insert_event(conn, room_id, &invite, &Extra::default()).await?);
     }
     Ok(Appended {
         message,
@@ -796,6 +1184,8 @@ impl Store for SqliteStore {
                 username,
                 display_name,
                 role,
+                status: Default::default(),
+                last_active: 0,
             })
             .collect())
     }
@@ -805,34 +1195,36 @@ impl Store for SqliteStore {
         room: &str,
         user: i64,
         seq: u64,
-    ) -> Result<Option<(u64, u64)>, StoreError> {
+    ) -> Result<Option<ReadState>, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let read: Option<i64> = sqlx::query_scalar(
+        let read: Option<(i64, i64)> = sqlx::query_as(
             "UPDATE members SET last_read = MAX(last_read, MIN(?, (SELECT head_seq FROM rooms WHERE id = room_id))) \
-             WHERE user_id = ? AND room_id = (SELECT id FROM rooms WHERE name = ?) RETURNING last_read",
+             WHERE user_id = ? AND room_id = (SELECT id FROM rooms WHERE name = ?) RETURNING last_read, room_id",
         )
         .bind(to_i64(seq))
         .bind(user)
         .bind(room)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(read) = read else {
+        let Some((read, room_id)) = read else {
             return Ok(None);
         };
-        let unread: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM messages m JOIN rooms r ON r.id = m.room_id \
-             WHERE r.name = ? AND m.seq > ? AND m.kind = 'message' AND m.user_id IS NOT ?",
+        let (unread, mentions): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM messages m WHERE m.room_id = ?1 AND m.seq > ?2 \
+               AND m.kind = 'message' AND m.deleted_at IS NULL AND m.user_id IS NOT ?3), \
+             (SELECT COUNT(*) FROM mentions x WHERE x.room_id = ?1 AND x.user_id = ?3 AND x.at_seq > ?2)",
         )
-        .bind(room)
+        .bind(room_id)
         .bind(read)
         .bind(user)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Some((
-            u64::try_from(read).unwrap_or_default(),
-            u64::try_from(unread).unwrap_or_default(),
-        )))
+        Ok(Some(ReadState {
+            seq: seq_of(read),
+            unread: seq_of(unread),
+            mentions: seq_of(mentions),
+        }))
     }
 
     async fn users_named(&self, usernames: &[String]) -> Result<Vec<User>, StoreError> {
@@ -896,8 +1288,8 @@ impl Store for SqliteStore {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&mut *tx)
         .await?;
+        let mut out = messages_of(&mut tx, rows).await?;
         tx.rollback().await?;
-        let mut out: Vec<ChatMessage> = rows.into_iter().map(Into::into).collect();
         out.reverse();
         Ok(Some((u64::try_from(head).unwrap_or_default(), out)))
     }
@@ -908,15 +1300,16 @@ impl Store for SqliteStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
+        let mut conn = self.readers.acquire().await?;
         let rows: Vec<Row> = sqlx::query_as(&format!(
             "{SELECT} WHERE r.name = ? AND m.seq > ? ORDER BY m.seq LIMIT ?"
         ))
         .bind(room)
         .bind(to_i64(after))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.readers)
+        .fetch_all(&mut *conn)
         .await?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        messages_of(&mut conn, rows).await
     }
 
     async fn before(
@@ -925,15 +1318,16 @@ impl Store for SqliteStore {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
+        let mut conn = self.readers.acquire().await?;
         let rows: Vec<Row> = sqlx::query_as(&format!(
             "{SELECT} WHERE r.name = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?"
         ))
         .bind(room)
         .bind(before.map_or(i64::MAX, to_i64))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.readers)
+        .fetch_all(&mut *conn)
         .await?;
-        let mut out: Vec<ChatMessage> = rows.into_iter().map(Into::into).collect();
+        let mut out = messages_of(&mut conn, rows).await?;
         out.reverse();
         Ok(out)
     }
