@@ -42,6 +42,8 @@ pub fn App() -> impl IntoView {
         Some(d) => {
             let nav = Nav::new(d.requested.clone());
             provide_context(nav);
+            // Whether the user was offered browser notifications in this page.
+            provide_context(RwSignal::new(false));
             let session = Session::new(d);
             view! { <Workspace session nav/> }.into_any()
         }
@@ -155,13 +157,31 @@ fn Sidebar(session: Session, nav: Nav) -> impl IntoView {
             RoomKind::Dm => dm_title(session, &r.title),
         };
         let unread = r.unread;
+        let mentions = r.mentions;
+        // A conversation with one other person shows how present they are.
+        let other = match r.kind {
+            RoomKind::Dm if r.people.len() == 2 => {
+                let me = session.username.get_value();
+                r.people.iter().find(|p| Some(*p) != me.as_ref()).cloned()
+            }
+            _ => None,
+        };
         let current = {
             let name = name.clone();
             move || session.current.get() == name
         };
         let current2 = current.clone();
         let inside = view! {
+            {other.map(|who| presence_dot(session, who))}
             <span class="room-name">{private.then(lock_icon)} {label}</span>
+            {(mentions > 0)
+                .then(|| {
+                    view! {
+                        <span class="badge mention" aria-label=format!("{mentions} mentioning you")>
+                            "@" {mentions}
+                        </span>
+                    }
+                })}
             {(unread > 0)
                 .then(|| {
                     view! {
@@ -219,6 +239,45 @@ fn Sidebar(session: Session, nav: Nav) -> impl IntoView {
             </div>
             <ul class="rooms dms">{move || session.sidebar(RoomKind::Dm).into_iter().map(item).collect_view()}</ul>
         </nav>
+    }
+}
+
+/// A dot that shows how present someone is, with "last seen…" on hover.
+fn presence_dot(session: Session, username: String) -> impl IntoView {
+    let info = Memo::new(move |_| session.presence.with(|p| p.get(&username).cloned()));
+    let status = move || {
+        info.get()
+            .map_or(crate::protocol::Status::Offline, |p| p.status)
+    };
+    let label = move || {
+        let p = info.get();
+        match status() {
+            crate::protocol::Status::Active => "active".to_owned(),
+            crate::protocol::Status::Idle => "idle".to_owned(),
+            crate::protocol::Status::Offline => {
+                last_seen(p.map_or(0, |p| p.last_active), session.now.get())
+            }
+        }
+    };
+    let state = move || match status() {
+        crate::protocol::Status::Active => "active",
+        crate::protocol::Status::Idle => "idle",
+        crate::protocol::Status::Offline => "offline",
+    };
+    view! { <span class="dot" data-status=state title=label.clone() role="img" aria-label=label></span> }
+}
+
+/// "last seen 5 min ago", from a time in ms and the clock.
+fn last_seen(at: i64, now: f64) -> String {
+    if at <= 0 || now <= 0.0 {
+        return "offline".to_owned();
+    }
+    let mins = ((now - at as f64) / 60_000.0).max(0.0) as u64;
+    match mins {
+        0 => "last seen just now".to_owned(),
+        1..=59 => format!("last seen {mins} min ago"),
+        60..=1_439 => format!("last seen {} h ago", mins / 60),
+        _ => format!("last seen {} days ago", mins / 1_440),
     }
 }
 
@@ -348,12 +407,72 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
         if body.trim().is_empty() {
             return;
         }
+        if let Some(target) = st.editing.get_untracked() {
+            #[cfg(feature = "hydrate")]
+            crate::client::edit(session, st, target, body);
+            let _ = target;
+            st.editing.set(None);
+            st.draft.set(String::new());
+            return;
+        }
         #[cfg(feature = "hydrate")]
         crate::client::send(session, st, body);
         st.draft.set(String::new());
         st.at_bottom.set(true);
         scroll_to_bottom(list_ref);
     };
+    // Esc leaves a reply or an edit; Up in an empty composer edits the user's last message.
+    let composer_keys = move |ev: leptos::ev::KeyboardEvent| {
+        let key = ev.key();
+        if key == "Enter" && !ev.shift_key() && !ev.is_composing() {
+            ev.prevent_default();
+            submit();
+        } else if key == "Escape" && (st.editing.get_untracked().is_some() || st.replying.get_untracked().is_some()) {
+            ev.prevent_default();
+            if st.editing.get_untracked().is_some() {
+                st.draft.set(String::new());
+            }
+            st.editing.set(None);
+            st.replying.set(None);
+        } else if key == "ArrowUp" && st.draft.get_untracked().is_empty() {
+            let me = session.username.get_value();
+            let last = st.messages.with_untracked(|l| {
+                l.iter()
+                    .rev()
+                    .find(|e| e.seq.is_some() && !e.deleted && e.kind == EventKind::Message && e.username.is_some() && e.username == me)
+                    .map(|e| (e.seq.unwrap_or_default(), e.ts, e.body.clone()))
+            });
+            if let Some((target, ts, body)) = last {
+                ev.prevent_default();
+                start_edit(session, st, target, ts, body);
+            }
+        }
+    };
+    let composing = move || {
+        if st.editing.get().is_some() {
+            return Some(("Editing your message".to_owned(), String::new()));
+        }
+        st.replying
+            .get()
+            .map(|(_, q)| (format!("Replying to {}", q.user), crate::markup::plain(&q.body)))
+    };
+    let typing_line = move || {
+        let names: Vec<String> = st.typing.with(|t| t.iter().map(|x| x.user.clone()).collect());
+        match names.as_slice() {
+            [] => String::new(),
+            [one] => format!("{one} is typing…"),
+            [a, b] => format!("{a} and {b} are typing…"),
+            _ => "Several people are typing…".to_owned(),
+        }
+    };
+    // A message to bring into view (a reply's original, a search result).
+    Effect::new(move |_| {
+        if let Some(seq) = st.focus.get() {
+            #[cfg(feature = "hydrate")]
+            crate::client::reveal(session, st, seq);
+            let _ = seq;
+        }
+    });
 
     let toggle = move |_| {
         #[cfg(feature = "hydrate")]
@@ -452,6 +571,7 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                     .then(|| {
                         view! {
                             <span class="me">{session.me.get_value()}</span>
+                            {move || notify_offer(session)}
                             <a class="tokens-link" href="/tokens">"Tokens"</a>
                             <form class="logout" method="post" action="/auth/logout" on:submit=log_out>
                                 <input type="hidden" name="csrf" value=csrf.clone()/>
@@ -476,7 +596,7 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                     <ol class="list">
                         <For
                             each=move || st.messages.get()
-                            key=|e| (e.client_id.clone(), e.seq, e.status, e.error.clone())
+                            key=|e| (e.client_id.clone(), e.seq, e.status, e.error.clone(), e.rev)
                             children=move |e: Entry| entry_view(session, st, e)
                         />
                     </ol>
@@ -502,6 +622,20 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
             </Show>
             <Show when=move || session.last_error.get().is_some()>
                 <p class="error" role="alert">{move || session.last_error.get().unwrap_or_default()}</p>
+            </Show>
+            <p class="typing" aria-hidden="true">{typing_line}</p>
+            <Show when=move || composing().is_some()>
+                <div class="composing">
+                    <span class="what">{move || composing().map(|c| c.0)}</span>
+                    <span class="quoted">{move || composing().map(|c| c.1)}</span>
+                    <button class="link" aria-label="Cancel" on:click=move |_| {
+                        if st.editing.get_untracked().is_some() {
+                            st.draft.set(String::new());
+                        }
+                        st.editing.set(None);
+                        st.replying.set(None);
+                    }>"Cancel"</button>
+                </div>
             </Show>
             <form
                 class="composer"
@@ -534,16 +668,18 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                     placeholder="Message (Enter sends, Shift+Enter for a new line)"
                     maxlength="4000"
                     prop:value=move || st.draft.get()
-                    on:input=move |ev| st.draft.set(event_target_value(&ev))
-                    on:keydown=move |ev| {
-                        if ev.key() == "Enter" && !ev.shift_key() && !ev.is_composing() {
-                            ev.prevent_default();
-                            submit();
+                    on:input=move |ev| {
+                        let text = event_target_value(&ev);
+                        #[cfg(feature = "hydrate")]
+                        if st.editing.get_untracked().is_none() {
+                            crate::client::typed(session, st, &text);
                         }
+                        st.draft.set(text);
                     }
+                    on:keydown=composer_keys
                 ></textarea>
                 <button type="submit" class="send" disabled=move || !session.hydrated.get()>
-                    "Send"
+                    {move || if st.editing.get().is_some() { "Save" } else { "Send" }}
                 </button>
             </form>
         </main>
@@ -598,49 +734,306 @@ fn entry_view(session: Session, st: RoomState, e: Entry) -> AnyView {
         Some(err) => format!("failed: {err}"),
         None => status.to_owned(),
     };
-    let id = e.client_id.clone();
-    let id2 = e.client_id.clone();
+    let me = session.username.get_value();
+    let mine = e.username.is_some() && e.username == me;
+    let mentioned = session
+        .me_id
+        .get_value()
+        .is_some_and(|id| e.mentions.contains(&id));
+    let stored = seq.is_some() && !e.deleted && session.signed_in();
+    let quote = e.reply.clone().zip(e.reply_to).map(|(q, to)| {
+        // One line of the original as plain text: its format would be noise in a quote.
+        let text = if q.deleted {
+            "the original message was deleted".to_owned()
+        } else {
+            crate::markup::plain(&q.body)
+        };
+        view! {
+            <button
+                class="quote"
+                title="Show the message this answers"
+                on:click=move |_| st.focus.set(Some(to))
+            >
+                <span class="who">{q.user.clone()}</span>
+                " "
+                {text}
+            </button>
+        }
+    });
+    let failed = (status == "failed").then(|| {
+        let (id, id2) = (e.client_id.clone(), e.client_id.clone());
+        view! {
+            <button class="retry-send" on:click=move |_| {
+                #[cfg(feature = "hydrate")]
+                crate::client::retry(session, st, &id);
+                let _ = &id;
+            }>"Retry"</button>
+            <button class="discard" on:click=move |_| {
+                #[cfg(feature = "hydrate")]
+                crate::client::discard(session, st, &id2);
+                let _ = &id2;
+            }>"Discard"</button>
+        }
+    });
+    let picking = RwSignal::new(false);
+    let actions = stored.then(|| {
+        let target = seq.unwrap_or_default();
+        let (body, quote_of) = (e.body.clone(), e.clone());
+        let ts = e.ts;
+        view! {
+            <span class="actions">
+                <button title="Reply" aria-label="Reply" on:click=move |_| {
+                    st.replying.set(Some((target, crate::protocol::Quote {
+                        user: quote_of.user.clone(),
+                        username: quote_of.username.clone(),
+                        body: crate::protocol::quote_of(&quote_of.body),
+                        deleted: false,
+                    })));
+                    st.editing.set(None);
+                    focus_composer();
+                }>"↩"</button>
+                <button title="React" aria-label="React" aria-expanded=move || picking.get().to_string()
+                    on:click=move |_| picking.update(|p| *p = !*p)>"☺"</button>
+                {mine.then(|| view! {
+                    <button title="Edit" aria-label="Edit" on:click=move |_| {
+                        start_edit(session, st, target, ts, body.clone());
+                    }>"✎"</button>
+                })}
+                {(mine || session.owns(&st.name())).then(|| view! {
+                    <button title="Delete" aria-label="Delete" on:click=move |_| {
+                        #[cfg(feature = "hydrate")]
+                        if confirm("Delete this message? Its text is removed for everyone.") {
+                            crate::client::delete(session, st, target);
+                        }
+                    }>"🗑"</button>
+                })}
+            </span>
+        }
+    });
+    let reactions = (!e.reactions.is_empty() || stored).then(|| {
+        let target = seq.unwrap_or_default();
+        let me = me.clone().unwrap_or_default();
+        let chips = e
+            .reactions
+            .iter()
+            .map(|r| {
+                let on = r.users.contains(&me);
+                let emoji = r.emoji.clone();
+                let who = if r.count as usize > r.users.len() {
+                    format!("{} and {} more", r.users.join(", "), r.count as usize - r.users.len())
+                } else {
+                    r.users.join(", ")
+                };
+                view! {
+                    <button class="chip" class:mine=on aria-pressed=on.to_string() title=who
+                        on:click=move |_| {
+                            #[cfg(feature = "hydrate")]
+                            crate::client::react(session, st, target, &emoji, !on);
+                            let _ = (&emoji, on, target);
+                        }>
+                        {r.emoji.clone()} " " {r.count}
+                    </button>
+                }
+            })
+            .collect_view();
+        view! {
+            <div class="reactions">
+                {chips}
+                <Show when=move || picking.get()>
+                    <span class="picker" role="group" aria-label="Add a reaction">
+                        {QUICK_EMOJI.iter().map(|emoji| view! {
+                            <button on:click=move |_| {
+                                picking.set(false);
+                                #[cfg(feature = "hydrate")]
+                                crate::client::react(session, st, target, emoji, true);
+                                let _ = (emoji, target);
+                            }>{*emoji}</button>
+                        }).collect_view()}
+                    </span>
+                </Show>
+            </div>
+        }
+    });
+    let body = if e.deleted {
+        view! { <p class="body tombstone">"message deleted"</p> }.into_any()
+    } else {
+        view! { <div class="body">{rich_text(&e.body, me.as_deref())}</div> }.into_any()
+    };
+    let attachment = e.attachment.clone().map(attachment_view);
     view! {
-        <li class="msg" data-status=status data-seq=seq.map(|s| s.to_string())>
+        <li class="msg" class:mentioned=mentioned class:deleted=e.deleted data-status=status
+            data-seq=seq.map(|s| s.to_string())>
             {divider}
+            {quote}
             <span class="author">{e.user}</span>
             {handle.map(|h| view! { <span class="handle">{h}</span> })}
             <time class="time">{move || clock(ts, session.hydrated.get())}</time>
-            <Show when=move || status != "stored">
-                <span class="state">{state_text.clone()}</span>
-            </Show>
-            <Show when=move || status == "failed">
-                <button
-                    class="retry-send"
-                    on:click={
-                        let id = id.clone();
-                        move |_| {
-                            #[cfg(feature = "hydrate")]
-                            crate::client::retry(session, st, &id);
-                            let _ = &id;
-                        }
-                    }
-                >
-                    "Retry"
-                </button>
-                <button
-                    class="discard"
-                    on:click={
-                        let id = id2.clone();
-                        move |_| {
-                            #[cfg(feature = "hydrate")]
-                            crate::client::discard(session, st, &id);
-                            let _ = &id;
-                        }
-                    }
-                >
-                    "Discard"
-                </button>
-            </Show>
-            <p class="body">{e.body}</p>
+            {e.edited.map(|_| view! { <span class="edited">"(edited)"</span> })}
+            {(status != "stored").then(|| view! { <span class="state">{state_text}</span> })}
+            {failed}
+            {actions}
+            {body}
+            {attachment}
+            {reactions}
         </li>
     }
     .into_any()
+}
+
+/// A button to let the browser notify of mentions in a hidden tab, shown until the user decides.
+fn notify_offer(session: Session) -> Option<impl IntoView> {
+    let asked = use_context::<RwSignal<bool>>()?;
+    if !session.hydrated.get() || asked.get() {
+        return None;
+    }
+    #[cfg(feature = "hydrate")]
+    if !crate::client::may_ask_to_notify() {
+        return None;
+    }
+    Some(view! {
+        <button class="link notify" on:click=move |_| {
+            #[cfg(feature = "hydrate")]
+            crate::client::ask_to_notify();
+            asked.set(true);
+        }>"Notify me of mentions"</button>
+    })
+}
+
+/// The reactions offered in one click.
+const QUICK_EMOJI: [&str; 8] = ["👍", "❤️", "😂", "🎉", "😮", "😢", "👀", "✅"];
+
+/// Asks the user to confirm something that cannot be undone.
+#[cfg(feature = "hydrate")]
+fn confirm(question: &str) -> bool {
+    window().confirm_with_message(question).unwrap_or(false)
+}
+
+/// Puts the cursor in the composer.
+fn focus_composer() {
+    #[cfg(feature = "hydrate")]
+    if let Some(el) = document().query_selector("textarea.body").ok().flatten() {
+        use wasm_bindgen::JsCast;
+        if let Some(el) = el.dyn_ref::<web_sys::HtmlElement>() {
+            let _ = el.focus();
+        }
+    }
+}
+
+/// Puts one of the user's messages in the composer to be edited, if its edit window is open.
+fn start_edit(session: Session, st: RoomState, target: u64, ts: i64, body: String) {
+    let window = session.settings.with_value(|s| s.edit_window_ms) as f64;
+    let age = session.now.get_untracked() - ts as f64;
+    if window > 0.0 && age > window {
+        session.last_error.set(Some(format!(
+            "A message can be edited only in the {} minutes after it was sent.",
+            (window / 60_000.0) as u64
+        )));
+        return;
+    }
+    st.replying.set(None);
+    st.editing.set(Some(target));
+    st.draft.set(body);
+    focus_composer();
+}
+
+/// A message's text as the format renders it: elements, never an HTML string.
+fn rich_text(body: &str, me: Option<&str>) -> impl IntoView {
+    use crate::markup::Block;
+    let me = me.map(str::to_owned);
+    crate::markup::parse(body)
+        .into_iter()
+        .map(|b| match b {
+            Block::Paragraph(s) => view! { <p>{spans(s, &me)}</p> }.into_any(),
+            Block::Code(code) => view! { <pre><code>{code}</code></pre> }.into_any(),
+            Block::Quote(s) => view! { <blockquote>{spans(s, &me)}</blockquote> }.into_any(),
+            Block::List { ordered, items } => {
+                let items = items
+                    .into_iter()
+                    .map(|s| view! { <li>{spans(s, &me)}</li> })
+                    .collect_view();
+                if ordered {
+                    view! { <ol>{items}</ol> }.into_any()
+                } else {
+                    view! { <ul>{items}</ul> }.into_any()
+                }
+            }
+        })
+        .collect_view()
+}
+
+fn spans(list: Vec<crate::markup::Span>, me: &Option<String>) -> impl IntoView {
+    use crate::markup::SpanKind;
+    list.into_iter()
+        .map(|s| {
+            // Styles as classes on the one element a span is: far less code in the client than
+            // an element per style, for the same look.
+            let class = match (s.bold, s.italic, s.strike) {
+                (false, false, false) => "",
+                (true, false, false) => "b",
+                (false, true, false) => "i",
+                (false, false, true) => "s",
+                (true, true, false) => "b i",
+                (true, false, true) => "b s",
+                (false, true, true) => "i s",
+                (true, true, true) => "b i s",
+            };
+            match s.kind {
+                SpanKind::Text => view! { <span class=class>{s.text}</span> }.into_any(),
+                SpanKind::Code => view! { <code class=class>{s.text}</code> }.into_any(),
+                SpanKind::Link => {
+                    let href = s.text.clone();
+                    view! {
+                        <a class=class href=href target="_blank" rel="noopener noreferrer nofollow">{s.text}</a>
+                    }
+                    .into_any()
+                }
+                SpanKind::Mention(name) => {
+                    let class = if me.as_deref() == Some(name.as_str()) {
+                        format!("mention me {class}")
+                    } else {
+                        format!("mention {class}")
+                    };
+                    view! { <span class=class>{s.text}</span> }.into_any()
+                }
+            }
+        })
+        .collect_view()
+}
+
+/// A file on a message: an image shown at its size (so the list does not jump), anything else
+/// a link that downloads it.
+fn attachment_view(a: crate::protocol::Attachment) -> AnyView {
+    let url = format!("/api/attachments/{}", a.id);
+    if a.is_image() {
+        let src = url.clone();
+        view! {
+            <a class="attachment image" href=url target="_blank" rel="noopener">
+                <img src=src alt=a.name.clone() width=a.width.map(|w| w.to_string())
+                    height=a.height.map(|h| h.to_string()) loading="lazy"/>
+            </a>
+        }
+        .into_any()
+    } else {
+        view! {
+            <a class="attachment file" href=url download=a.name.clone()>
+                <span class="name">{a.name.clone()}</span>
+                <span class="size">{human_size(a.size)}</span>
+            </a>
+        }
+        .into_any()
+    }
+}
+
+/// A size as people read it: 12 KB, 3.4 MB.
+pub fn human_size(bytes: u64) -> String {
+    if bytes < 1_000 {
+        format!("{bytes} B")
+    } else if bytes < 1_000_000 {
+        format!("{} KB", bytes.div_ceil(1_000))
+    } else {
+        let tenths = bytes.div_ceil(100_000);
+        format!("{}.{} MB", tenths / 10, tenths % 10)
+    }
 }
 
 fn scroll_to_bottom(list: NodeRef<leptos::html::Div>) {
@@ -882,8 +1275,10 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
                             let removable = owner && someone_else;
                             let message = message_to;
                             let to = m.username.clone();
+                            let dot = presence_dot(session, m.username.clone());
                             view! {
                                 <li>
+                                    {dot}
                                     {if someone_else {
                                         view! {
                                             <button
@@ -1034,12 +1429,12 @@ fn Dialogs(session: Session, nav: Nav) -> impl IntoView {
         }
     };
     let matches = move || {
-        let q = query.get().to_lowercase();
+        let q = query.get().to_ascii_lowercase();
         session
             .rooms
             .get()
             .into_iter()
-            .filter(|r| q.is_empty() || r.title.to_lowercase().contains(&q) || r.name.contains(&q))
+            .filter(|r| q.is_empty() || r.title.to_ascii_lowercase().contains(&q) || r.name.contains(&q))
             .collect::<Vec<_>>()
     };
     let switch = {

@@ -977,6 +977,17 @@ fn load_room(session: Session, st: RoomState) {
 
 /// Fetches the page of history before the oldest shown message.
 pub fn load_older(session: Session, st: RoomState) {
+    leptos::task::spawn_local(async move {
+        if let Err(e) = older_page(st).await {
+            session
+                .last_error
+                .set(Some(format!("could not load older messages: {e}")));
+        }
+    });
+}
+
+/// Reads the page of history before the oldest loaded message into the room.
+async fn older_page(st: RoomState) -> Result<(), String> {
     let oldest = st
         .messages
         .get_untracked()
@@ -986,15 +997,55 @@ pub fn load_older(session: Session, st: RoomState) {
     let url = format!(
         "/api/rooms/{}/messages?before={oldest}&limit={}",
         st.name(),
-        crate::protocol::PAGE_HISTORY
+        crate::protocol::MAX_PAGE
     );
+    let page = api::<HistoryPage, ()>("GET", &url, None).await?;
+    st.prepend(page.messages);
+    Ok(())
+}
+
+/// Most pages of history read to bring one message into view.
+const REVEAL_PAGES: usize = 25;
+
+/// Brings message `seq` of the room into view and marks it a moment, reading older history
+/// until it is loaded (up to [`REVEAL_PAGES`] pages of 200).
+pub fn reveal(session: Session, st: RoomState, seq: u64) {
     leptos::task::spawn_local(async move {
-        match api::<HistoryPage, ()>("GET", &url, None).await {
-            Ok(p) => st.prepend(p.messages),
-            Err(e) => session
-                .last_error
-                .set(Some(format!("could not load older messages: {e}"))),
+        let loaded = |st: RoomState| st.messages.with_untracked(|l| l.iter().any(|e| e.seq == Some(seq)));
+        for _ in 0..REVEAL_PAGES {
+            let oldest = st
+                .messages
+                .with_untracked(|l| l.iter().find_map(|e| e.seq))
+                .unwrap_or(1);
+            if loaded(st) || oldest <= seq || !st.has_older.get_untracked() {
+                break;
+            }
+            if let Err(e) = older_page(st).await {
+                session.last_error.set(Some(format!("could not load the message: {e}")));
+                break;
+            }
         }
+        st.focus.set(None);
+        if !loaded(st) {
+            session
+                .last_error
+                .set(Some("That message is too far back to show here.".to_owned()));
+            return;
+        }
+        st.at_bottom.set(false);
+        request_animation_frame(move || {
+            let selector = format!(r#"li[data-seq="{seq}"]"#);
+            if let Some(el) = document().query_selector(&selector).ok().flatten() {
+                el.scroll_into_view();
+                let _ = el.set_attribute("data-flash", "");
+                set_timeout(
+                    move || {
+                        let _ = el.remove_attribute("data-flash");
+                    },
+                    Duration::from_millis(2_000),
+                );
+            }
+        });
     });
 }
 

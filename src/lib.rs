@@ -5,6 +5,7 @@
 #![recursion_limit = "256"]
 
 pub mod app;
+pub mod markup;
 pub mod nav;
 pub mod protocol;
 pub mod session;

@@ -363,6 +363,9 @@ pub struct RoomInfo {
     /// Of those, the ones that mention the caller.
     #[serde(default)]
     pub mentions: u64,
+    /// For a DM, the usernames of its people (for their presence).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub people: Vec<String>,
 }
 
 /// A member of a room, as the member list shows them.
@@ -1064,6 +1067,7 @@ mod tests {
             last_read: 3,
             unread: 4,
             mentions: 1,
+            people: vec!["ann".into(), "bob".into()],
         };
         let message = ChatMessage {
             room: "r".into(),

@@ -45,6 +45,8 @@ pub struct ClientSettings {
     pub idle_after_ms: u64,
     /// The largest file that may be attached (bytes).
     pub max_upload: u64,
+    /// How long after sending a message its author may edit it (ms; 0: any time).
+    pub edit_window_ms: u64,
 }
 
 /// A room and its newest messages, read in one snapshot.
@@ -97,6 +99,8 @@ pub struct Entry {
     pub mentions: Vec<i64>,
     pub reactions: Vec<Reaction>,
     pub attachment: Option<Attachment>,
+    /// Bumped by every change applied to it, so the list redraws the row.
+    pub rev: u32,
 }
 
 impl From<ChatMessage> for Entry {
@@ -120,6 +124,7 @@ impl From<ChatMessage> for Entry {
             mentions: m.mentions,
             reactions: m.reactions,
             attachment: m.attachment,
+            rev: 0,
         }
     }
 }
@@ -146,12 +151,14 @@ impl Entry {
             mentions: Vec::new(),
             reactions: Vec::new(),
             attachment: None,
+            rev: 0,
         }
     }
 
     /// Applies a change to this message that an event records (an edit, a delete, a reaction).
     /// Each is idempotent, so one applied twice (a replay after a page load) changes nothing.
     fn apply(&mut self, change: &ChatMessage) {
+        self.rev = self.rev.wrapping_add(1);
         match change.kind {
             EventKind::MessageEdited if !self.deleted => {
                 self.body = change.body.clone();
@@ -328,6 +335,7 @@ impl RoomState {
                 for e in list.iter_mut().filter(|e| e.reply_to == Some(target)) {
                     if let Some(q) = e.reply.as_mut() {
                         original.requote(q);
+                        e.rev = e.rev.wrapping_add(1);
                     }
                 }
             }
@@ -598,6 +606,17 @@ impl Session {
         }
     }
 
+    /// Whether the user owns `room` (and so may delete any message in it).
+    pub fn owns(&self, room: &str) -> bool {
+        let me = self.username.get_value();
+        me.is_some()
+            && self.rooms.with_untracked(|rooms| {
+                rooms
+                    .iter()
+                    .any(|r| r.name == room && r.owner.is_some() && r.owner == me)
+            })
+    }
+
     /// All unread messages, for the tab title.
     pub fn total_unread(&self) -> u64 {
         self.rooms.with(|r| r.iter().map(|r| r.unread).sum())
@@ -608,7 +627,8 @@ impl Session {
         self.rooms.with(|rooms| {
             let mut list: Vec<RoomInfo> =
                 rooms.iter().filter(|r| r.kind == kind).cloned().collect();
-            list.sort_by_key(|r| r.title.to_lowercase());
+            // Case folded in ASCII only: enough to sort titles, and no Unicode tables in the client.
+            list.sort_by_key(|r| r.title.to_ascii_lowercase());
             list
         })
     }

@@ -127,6 +127,7 @@ mod tests {
                 last_read: 0,
                 unread: 0,
                 mentions: 0,
+                people: Vec::new(),
             },
             owner_id: Some(owner),
             role: role.map(str::to_owned),

@@ -193,6 +193,10 @@ impl AppState {
             client_settings: crate::session::ClientSettings {
                 idle_after_ms: u64::try_from(config.idle_after.as_millis()).unwrap_or(u64::MAX),
                 max_upload: config.max_upload,
+                edit_window_ms: config
+                    .edit_window
+                    .0
+                    .map_or(0, |w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX)),
             },
             uploads: UploadLimits {
                 max: config.max_upload,

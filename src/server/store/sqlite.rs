@@ -218,6 +218,7 @@ struct RoomRow {
     last_read: Option<i64>,
     unread: i64,
     mentions: i64,
+    people: Option<String>,
 }
 
 /// Selects [`RoomRow`]s for the user bound first; the caller adds `WHERE` and `ORDER BY`.
@@ -230,7 +231,9 @@ const ROOM_SELECT: &str = "SELECT r.name, r.title, r.topic, r.kind, r.visibility
        AND m.deleted_at IS NULL AND m.user_id IS NOT me.user_id) END AS unread, \
      CASE WHEN me.user_id IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM mentions x \
        WHERE x.room_id = r.id AND x.user_id = me.user_id AND x.at_seq > me.last_read) END \
-       AS mentions \
+       AS mentions, \
+     CASE WHEN r.kind = 'dm' THEN (SELECT group_concat(u.username) FROM members p \
+       JOIN users u ON u.id = p.user_id WHERE p.room_id = r.id) END AS people \
      FROM rooms r LEFT JOIN users o ON o.id = r.owner_id \
      LEFT JOIN members me ON me.room_id = r.id AND me.user_id = ?";
 
@@ -238,7 +241,7 @@ const ROOM_SELECT: &str = "SELECT r.name, r.title, r.topic, r.kind, r.visibility
 /// read, without counting the room's members and the caller's unread messages each time.
 const ACCESS_SELECT: &str = "SELECT r.name, r.title, r.topic, r.kind, r.visibility, r.head_seq, \
      r.owner_id, NULL AS owner, r.archived_at IS NOT NULL AS archived, 0 AS members, \
-     me.role, me.last_read, 0 AS unread, 0 AS mentions \
+     me.role, me.last_read, 0 AS unread, 0 AS mentions, NULL AS people \
      FROM rooms r LEFT JOIN members me ON me.room_id = r.id AND me.user_id = ?";
 
 impl RoomRow {
@@ -278,6 +281,10 @@ impl RoomRow {
                 .unwrap_or_default(),
             unread: u64::try_from(self.unread).unwrap_or_default(),
             mentions: u64::try_from(self.mentions).unwrap_or_default(),
+            people: self
+                .people
+                .map(|p| p.split(',').map(str::to_owned).collect())
+                .unwrap_or_default(),
         }
     }
 }
