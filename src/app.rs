@@ -206,24 +206,27 @@ fn Sidebar(session: Session, nav: Nav) -> impl IntoView {
                     class="icon"
                     title="Quick switcher (Ctrl+K)"
                     aria-label="Quick switcher"
-                    on:click=move |_| session.dialog.set(Some(Dialog::Switcher))
+                    on:click=click(move |_| session.dialog.set(Some(Dialog::Switcher)))
                 >
                     "⌕"
                 </button>
             </div>
+            <button class="search-open" on:click=click(move |_| session.dialog.set(Some(Dialog::Search)))>
+                "Search messages"
+            </button>
             <div class="section">
                 <h2>"Rooms"</h2>
                 <button
                     class="icon add-room"
                     title="Create a room"
                     aria-label="Create a room"
-                    on:click=move |_| session.dialog.set(Some(Dialog::CreateRoom))
+                    on:click=click(move |_| session.dialog.set(Some(Dialog::CreateRoom)))
                 >
                     "+"
                 </button>
             </div>
             <ul class="rooms">{move || session.sidebar(RoomKind::Room).into_iter().map(item).collect_view()}</ul>
-            <button class="link browse" on:click=move |_| session.dialog.set(Some(Dialog::BrowseRooms))>
+            <button class="link browse" on:click=click(move |_| session.dialog.set(Some(Dialog::BrowseRooms)))>
                 "Browse rooms"
             </button>
             <div class="section">
@@ -232,7 +235,7 @@ fn Sidebar(session: Session, nav: Nav) -> impl IntoView {
                     class="icon new-dm"
                     title="New message"
                     aria-label="New message"
-                    on:click=move |_| session.dialog.set(Some(Dialog::NewMessage))
+                    on:click=click(move |_| session.dialog.set(Some(Dialog::NewMessage)))
                 >
                     "+"
                 </button>
@@ -264,7 +267,7 @@ fn presence_dot(session: Session, username: String) -> impl IntoView {
         crate::protocol::Status::Idle => "idle",
         crate::protocol::Status::Offline => "offline",
     };
-    view! { <span class="dot" data-status=state title=label.clone() role="img" aria-label=label></span> }
+    view! { <span class="dot" data-status=state title=label role="img" aria-label=label></span> }
 }
 
 /// "last seen 5 min ago", from a time in ms and the clock.
@@ -427,7 +430,9 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
         if key == "Enter" && !ev.shift_key() && !ev.is_composing() {
             ev.prevent_default();
             submit();
-        } else if key == "Escape" && (st.editing.get_untracked().is_some() || st.replying.get_untracked().is_some()) {
+        } else if key == "Escape"
+            && (st.editing.get_untracked().is_some() || st.replying.get_untracked().is_some())
+        {
             ev.prevent_default();
             if st.editing.get_untracked().is_some() {
                 st.draft.set(String::new());
@@ -439,7 +444,13 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
             let last = st.messages.with_untracked(|l| {
                 l.iter()
                     .rev()
-                    .find(|e| e.seq.is_some() && !e.deleted && e.kind == EventKind::Message && e.username.is_some() && e.username == me)
+                    .find(|e| {
+                        e.seq.is_some()
+                            && !e.deleted
+                            && e.kind == EventKind::Message
+                            && e.username.is_some()
+                            && e.username == me
+                    })
                     .map(|e| (e.seq.unwrap_or_default(), e.ts, e.body.clone()))
             });
             if let Some((target, ts, body)) = last {
@@ -452,12 +463,17 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
         if st.editing.get().is_some() {
             return Some(("Editing your message".to_owned(), String::new()));
         }
-        st.replying
-            .get()
-            .map(|(_, q)| (format!("Replying to {}", q.user), crate::markup::plain(&q.body)))
+        st.replying.get().map(|(_, q)| {
+            (
+                format!("Replying to {}", q.user),
+                crate::markup::plain(&q.body),
+            )
+        })
     };
     let typing_line = move || {
-        let names: Vec<String> = st.typing.with(|t| t.iter().map(|x| x.user.clone()).collect());
+        let names: Vec<String> = st
+            .typing
+            .with(|t| t.iter().map(|x| x.user.clone()).collect());
         match names.as_slice() {
             [] => String::new(),
             [one] => format!("{one} is typing…"),
@@ -465,9 +481,10 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
             _ => "Several people are typing…".to_owned(),
         }
     };
-    // A message to bring into view (a reply's original, a search result).
+    // A message to bring into view (a reply's original, a search result), once the room's
+    // history is in.
     Effect::new(move |_| {
-        if let Some(seq) = st.focus.get() {
+        if let Some(seq) = st.focus.get().filter(|_| st.loaded.get()) {
             #[cfg(feature = "hydrate")]
             crate::client::reveal(session, st, seq);
             let _ = seq;
@@ -527,12 +544,22 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
     };
 
     view! {
-        <main class="chat" aria-label="Conversation">
+        <main class="chat" aria-label="Conversation"
+            on:dragover=move |ev: leptos::ev::DragEvent| ev.prevent_default()
+            on:drop=move |ev: leptos::ev::DragEvent| {
+                ev.prevent_default();
+                #[cfg(feature = "hydrate")]
+                if signed_in {
+                    if let Some(files) = ev.data_transfer().and_then(|d| d.files()) {
+                        upload_all(session, st, files);
+                    }
+                }
+            }>
             <header class="bar">
                 <button
                     class="icon menu"
                     aria-label="Room list"
-                    on:click=move |_| session.sidebar_open.update(|o| *o = !*o)
+                    on:click=click(move |_| session.sidebar_open.update(|o| *o = !*o))
                     hidden=!signed_in
                 >
                     "☰"
@@ -550,7 +577,7 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                     <button
                         class="members-toggle"
                         aria-expanded=move || members_open.get().to_string()
-                        on:click=move |_| members_open.update(|o| *o = !*o)
+                        on:click=click(move |_| members_open.update(|o| *o = !*o))
                     >
                         {
                             let c = member_count.clone();
@@ -561,10 +588,9 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                 <span class="conn" data-state=move || session.conn.get().label()>
                     {move || session.conn_text()}
                 </span>
-                <Show when=move || matches!(session.conn.get(), Conn::Reconnecting | Conn::Offline)>
-                    <button class="retry" on:click=retry_now>"Retry now"</button>
-                </Show>
-                <button class="toggle" on:click=toggle disabled=move || !session.hydrated.get()>
+                {move || matches!(session.conn.get(), Conn::Reconnecting | Conn::Offline)
+                    .then(|| view! { <button class="retry" on:click=click(retry_now)>"Retry now"</button> })}
+                <button class="toggle" on:click=click(toggle) disabled=move || !session.hydrated.get()>
                     {move || if session.want_connected.get() { "Disconnect" } else { "Connect" }}
                 </button>
                 {signed_in
@@ -573,26 +599,24 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                             <span class="me">{session.me.get_value()}</span>
                             {move || notify_offer(session)}
                             <a class="tokens-link" href="/tokens">"Tokens"</a>
-                            <form class="logout" method="post" action="/auth/logout" on:submit=log_out>
+                            <form class="logout" method="post" action="/auth/logout" on:submit=submitted(log_out)>
                                 <input type="hidden" name="csrf" value=csrf.clone()/>
                                 <button type="submit">"Log out"</button>
                             </form>
                         }
                     })}
             </header>
-            <Show when=move || session.conn.get() == Conn::SignedOut>
+            {move || (session.conn.get() == Conn::SignedOut).then(|| view! {
                 <p class="error" role="alert">
                     "You were logged out. " <a href="/login">"Log in again"</a>
                 </p>
-            </Show>
+            })}
             <div class="body-row">
                 <div class="messages" node_ref=list_ref on:scroll=on_scroll tabindex="0" aria-label="Messages">
-                    <Show when=move || st.missing.get()>
-                        <p class="notice">"There is no such room."</p>
-                    </Show>
-                    <Show when=move || st.has_older.get()>
-                        <button class="older" on:click=load_older>"Load older messages"</button>
-                    </Show>
+                    {move || st.missing.get().then(|| view! { <p class="notice">"There is no such room."</p> })}
+                    {move || st.has_older.get().then(|| view! {
+                        <button class="older" on:click=click(load_older)>"Load older messages"</button>
+                    })}
                     <ol class="list">
                         <For
                             each=move || st.messages.get()
@@ -608,11 +632,11 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
             <Show when=move || { st.unseen.get() > 0 }>
                 <button
                     class="new-marker"
-                    on:click=move |_| {
+                    on:click=click(move |_| {
                         st.at_bottom.set(true);
                         st.unseen.set(0);
                         scroll_to_bottom(list_ref);
-                    }
+                    })
                 >
                     {move || {
                         let n = st.unseen.get();
@@ -620,30 +644,45 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                     }}
                 </button>
             </Show>
-            <Show when=move || session.last_error.get().is_some()>
-                <p class="error" role="alert">{move || session.last_error.get().unwrap_or_default()}</p>
-            </Show>
+            {move || session.last_error.get().map(|e| view! { <p class="error" role="alert">{e}</p> })}
+            <ul class="uploads" aria-live="polite">
+                {move || st.uploads.get().into_iter().map(|u| {
+                    let key = u.key;
+                    let percent = if u.total > 0.0 { (u.sent / u.total * 100.0) as u32 } else { 0 };
+                    let is_failed = u.error.is_some();
+                    view! {
+                        <li class:failed=is_failed>
+                            <span class="name">{u.name}</span>
+                            {u.error.map(|why| view! { <span class="why" role="alert">{why}</span> })}
+                            {(!is_failed).then(|| view! { <progress max="100" value=percent.to_string()></progress> })}
+                            {is_failed.then(|| view! {
+                                <button class="link" on:click=click(move |_| st.uploads.update(|l| l.retain(|x| x.key != key)))>"Dismiss"</button>
+                            })}
+                        </li>
+                    }
+                }).collect_view()}
+            </ul>
             <p class="typing" aria-hidden="true">{typing_line}</p>
             <Show when=move || composing().is_some()>
                 <div class="composing">
                     <span class="what">{move || composing().map(|c| c.0)}</span>
                     <span class="quoted">{move || composing().map(|c| c.1)}</span>
-                    <button class="link" aria-label="Cancel" on:click=move |_| {
+                    <button class="link" aria-label="Cancel" on:click=click(move |_| {
                         if st.editing.get_untracked().is_some() {
                             st.draft.set(String::new());
                         }
                         st.editing.set(None);
                         st.replying.set(None);
-                    }>"Cancel"</button>
+                    })>"Cancel"</button>
                 </div>
             </Show>
             <form
                 class="composer"
                 class:signed-in=signed_in
-                on:submit=move |ev| {
+                on:submit=submitted(move |ev| {
                     ev.prevent_default();
                     submit();
-                }
+                })
             >
                 <input
                     class="name"
@@ -677,7 +716,34 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                         st.draft.set(text);
                     }
                     on:keydown=composer_keys
+                    on:paste=move |ev: leptos::ev::ClipboardEvent| {
+                        #[cfg(feature = "hydrate")]
+                        if let Some(files) = ev.clipboard_data().and_then(|d| d.files()) {
+                            if files.length() > 0 {
+                                ev.prevent_default();
+                                upload_all(session, st, files);
+                            }
+                        }
+                        let _ = ev;
+                    }
                 ></textarea>
+                <label class="attach" title="Attach a file" hidden=!signed_in>
+                    <input type="file" class="sr-only" aria-label="Attach a file" multiple
+                        on:change=move |ev| {
+                            #[cfg(feature = "hydrate")]
+                            {
+                                use wasm_bindgen::JsCast;
+                                if let Some(input) = ev.target().and_then(|t| t.dyn_into::<web_sys::HtmlInputElement>().ok()) {
+                                    if let Some(files) = input.files() {
+                                        upload_all(session, st, files);
+                                    }
+                                    input.set_value("");
+                                }
+                            }
+                            let _ = ev;
+                        }/>
+                    "📎"
+                </label>
                 <button type="submit" class="send" disabled=move || !session.hydrated.get()>
                     {move || if st.editing.get().is_some() { "Save" } else { "Send" }}
                 </button>
@@ -752,7 +818,7 @@ fn entry_view(session: Session, st: RoomState, e: Entry) -> AnyView {
             <button
                 class="quote"
                 title="Show the message this answers"
-                on:click=move |_| st.focus.set(Some(to))
+                on:click=click(move |_| st.focus.set(Some(to)))
             >
                 <span class="who">{q.user.clone()}</span>
                 " "
@@ -763,16 +829,16 @@ fn entry_view(session: Session, st: RoomState, e: Entry) -> AnyView {
     let failed = (status == "failed").then(|| {
         let (id, id2) = (e.client_id.clone(), e.client_id.clone());
         view! {
-            <button class="retry-send" on:click=move |_| {
+            <button class="retry-send" on:click=click(move |_| {
                 #[cfg(feature = "hydrate")]
                 crate::client::retry(session, st, &id);
                 let _ = &id;
-            }>"Retry"</button>
-            <button class="discard" on:click=move |_| {
+            })>"Retry"</button>
+            <button class="discard" on:click=click(move |_| {
                 #[cfg(feature = "hydrate")]
                 crate::client::discard(session, st, &id2);
                 let _ = &id2;
-            }>"Discard"</button>
+            })>"Discard"</button>
         }
     });
     let picking = RwSignal::new(false);
@@ -782,7 +848,7 @@ fn entry_view(session: Session, st: RoomState, e: Entry) -> AnyView {
         let ts = e.ts;
         view! {
             <span class="actions">
-                <button title="Reply" aria-label="Reply" on:click=move |_| {
+                <button title="Reply" aria-label="Reply" on:click=click(move |_| {
                     st.replying.set(Some((target, crate::protocol::Quote {
                         user: quote_of.user.clone(),
                         username: quote_of.username.clone(),
@@ -791,21 +857,21 @@ fn entry_view(session: Session, st: RoomState, e: Entry) -> AnyView {
                     })));
                     st.editing.set(None);
                     focus_composer();
-                }>"↩"</button>
+                })>"↩"</button>
                 <button title="React" aria-label="React" aria-expanded=move || picking.get().to_string()
-                    on:click=move |_| picking.update(|p| *p = !*p)>"☺"</button>
+                    on:click=click(move |_| picking.update(|p| *p = !*p))>"☺"</button>
                 {mine.then(|| view! {
-                    <button title="Edit" aria-label="Edit" on:click=move |_| {
+                    <button title="Edit" aria-label="Edit" on:click=click(move |_| {
                         start_edit(session, st, target, ts, body.clone());
-                    }>"✎"</button>
+                    })>"✎"</button>
                 })}
                 {(mine || session.owns(&st.name())).then(|| view! {
-                    <button title="Delete" aria-label="Delete" on:click=move |_| {
+                    <button title="Delete" aria-label="Delete" on:click=click(move |_| {
                         #[cfg(feature = "hydrate")]
                         if confirm("Delete this message? Its text is removed for everyone.") {
                             crate::client::delete(session, st, target);
                         }
-                    }>"🗑"</button>
+                    })>"🗑"</button>
                 })}
             </span>
         }
@@ -820,17 +886,21 @@ fn entry_view(session: Session, st: RoomState, e: Entry) -> AnyView {
                 let on = r.users.contains(&me);
                 let emoji = r.emoji.clone();
                 let who = if r.count as usize > r.users.len() {
-                    format!("{} and {} more", r.users.join(", "), r.count as usize - r.users.len())
+                    format!(
+                        "{} and {} more",
+                        r.users.join(", "),
+                        r.count as usize - r.users.len()
+                    )
                 } else {
                     r.users.join(", ")
                 };
                 view! {
                     <button class="chip" class:mine=on aria-pressed=on.to_string() title=who
-                        on:click=move |_| {
+                        on:click=click(move |_| {
                             #[cfg(feature = "hydrate")]
                             crate::client::react(session, st, target, &emoji, !on);
                             let _ = (&emoji, on, target);
-                        }>
+                        })>
                         {r.emoji.clone()} " " {r.count}
                     </button>
                 }
@@ -842,12 +912,12 @@ fn entry_view(session: Session, st: RoomState, e: Entry) -> AnyView {
                 <Show when=move || picking.get()>
                     <span class="picker" role="group" aria-label="Add a reaction">
                         {QUICK_EMOJI.iter().map(|emoji| view! {
-                            <button on:click=move |_| {
+                            <button on:click=click(move |_| {
                                 picking.set(false);
                                 #[cfg(feature = "hydrate")]
                                 crate::client::react(session, st, target, emoji, true);
                                 let _ = (emoji, target);
-                            }>{*emoji}</button>
+                            })>{*emoji}</button>
                         }).collect_view()}
                     </span>
                 </Show>
@@ -891,12 +961,106 @@ fn notify_offer(session: Session) -> Option<impl IntoView> {
         return None;
     }
     Some(view! {
-        <button class="link notify" on:click=move |_| {
+        <button class="link notify" on:click=click(move |_| {
             #[cfg(feature = "hydrate")]
             crate::client::ask_to_notify();
             asked.set(true);
-        }>"Notify me of mentions"</button>
+        })>"Notify me of mentions"</button>
     })
+}
+
+/// Runs the search in the box a moment after the typing stops (the last one typed wins).
+#[cfg(feature = "hydrate")]
+fn search_soon(
+    query: RwSignal<String>,
+    hits: RwSignal<(Vec<crate::protocol::api::SearchHit>, Option<i64>)>,
+    error: RwSignal<Option<String>>,
+) {
+    let asked = query.get_untracked();
+    set_timeout(
+        move || {
+            if query.get_untracked() != asked {
+                return;
+            }
+            if asked.trim().is_empty() {
+                hits.set((Vec::new(), None));
+                return;
+            }
+            leptos::task::spawn_local(async move {
+                let url = format!("/api/search?q={}", crate::client::encode(&asked));
+                match crate::client::api::<crate::protocol::api::SearchAnswer, ()>(
+                    "GET", &url, None,
+                )
+                .await
+                {
+                    Ok(a) if query.get_untracked() == asked => {
+                        error.set(None);
+                        hits.set((a.hits, a.next));
+                    }
+                    Ok(_) => {}
+                    Err(e) => error.set(Some(e)),
+                }
+            });
+        },
+        std::time::Duration::from_millis(250),
+    );
+}
+
+/// The next page of the search's results.
+#[cfg(feature = "hydrate")]
+fn search_more(
+    query: RwSignal<String>,
+    hits: RwSignal<(Vec<crate::protocol::api::SearchHit>, Option<i64>)>,
+    error: RwSignal<Option<String>>,
+) {
+    let Some(before) = hits.get_untracked().1 else {
+        return;
+    };
+    let asked = query.get_untracked();
+    leptos::task::spawn_local(async move {
+        let url = format!(
+            "/api/search?q={}&before={before}",
+            crate::client::encode(&asked)
+        );
+        match crate::client::api::<crate::protocol::api::SearchAnswer, ()>("GET", &url, None).await
+        {
+            Ok(a) => hits.update(|(h, next)| {
+                h.extend(a.hits);
+                *next = a.next;
+            }),
+            Err(e) => error.set(Some(e)),
+        }
+    });
+}
+
+/// Uploads each of the files to the room.
+#[cfg(feature = "hydrate")]
+fn upload_all(session: Session, st: RoomState, files: web_sys::FileList) {
+    for i in 0..files.length() {
+        if let Some(f) = files.get(i) {
+            crate::client::upload(session, st, f);
+        }
+    }
+}
+
+/// Every click handler of the page has this one type: each closure type would otherwise bring
+/// its own copy of the event-handling code into the client (a measurable part of its size).
+type OnClick = Box<dyn FnMut(leptos::ev::MouseEvent)>;
+
+fn click(f: impl FnMut(leptos::ev::MouseEvent) + 'static) -> OnClick {
+    Box::new(f)
+}
+
+/// An input that types into `text`: one handler type for all of them.
+fn field(text: RwSignal<String>) -> Box<dyn FnMut(leptos::ev::Event)> {
+    Box::new(move |ev| text.set(event_target_value(&ev)))
+}
+
+/// The same for form submissions.
+type OnSubmit = Box<dyn FnMut(leptos::ev::SubmitEvent)>;
+
+fn submitted(f: impl FnMut(leptos::ev::SubmitEvent) + 'static) -> OnSubmit {
+    Box::new(f)
 }
 
 /// The reactions offered in one click.
@@ -1284,7 +1448,7 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
                                             <button
                                                 class="link author"
                                                 title=format!("Message @{}", m.username)
-                                                on:click=move |_| message(to.clone())
+                                                on:click=click(move |_| message(to.clone()))
                                             >
                                                 {m.display_name.clone()}
                                             </button>
@@ -1296,7 +1460,7 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
                                     <span class="handle">"@" {m.username.clone()}</span>
                                     {(m.role == "owner").then(|| view! { <span class="role">"owner"</span> })}
                                     {removable.then(|| view! {
-                                        <button class="link remove" on:click=move |_| remove(who.clone())>"Remove"</button>
+                                        <button class="link remove" on:click=click(move |_| remove(who.clone()))>"Remove"</button>
                                     })}
                                 </li>
                             }
@@ -1305,23 +1469,23 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
                 }}
             </ul>
             <Show when=can_invite.clone()>
-                <form class="invite" on:submit=invite.clone()>
-                    <label>"Add someone" <input name="username" placeholder="username" prop:value=move || invitee.get() on:input=move |ev| invitee.set(event_target_value(&ev))/></label>
+                <form class="invite" on:submit=submitted(invite.clone())>
+                    <label>"Add someone" <input name="username" placeholder="username" prop:value=move || invitee.get() on:input=field(invitee)/></label>
                     <button type="submit">"Add"</button>
                 </form>
             </Show>
             <Show when=is_owner.clone()>
-                <form class="edit" on:submit=edit("title", new_title)>
-                    <label>"Name" <input name="title" maxlength="80" prop:value=move || new_title.get() on:input=move |ev| new_title.set(event_target_value(&ev))/></label>
+                <form class="edit" on:submit=submitted(edit("title", new_title))>
+                    <label>"Name" <input name="title" maxlength="80" prop:value=move || new_title.get() on:input=field(new_title)/></label>
                     <button type="submit">"Rename"</button>
                 </form>
-                <form class="edit" on:submit=edit("topic", new_topic)>
-                    <label>"Topic" <input name="topic" maxlength="250" prop:value=move || new_topic.get() on:input=move |ev| new_topic.set(event_target_value(&ev))/></label>
+                <form class="edit" on:submit=submitted(edit("topic", new_topic))>
+                    <label>"Topic" <input name="topic" maxlength="250" prop:value=move || new_topic.get() on:input=field(new_topic)/></label>
                     <button type="submit">"Set topic"</button>
                 </form>
-                <button class="danger" on:click=archive.clone()>"Archive room"</button>
+                <button class="danger" on:click=click(archive.clone())>"Archive room"</button>
             </Show>
-            {not_general.then(|| view! { <button class="link leave" on:click=leave.clone()>"Leave room"</button> })}
+            {not_general.then(|| view! { <button class="link leave" on:click=click(leave.clone())>"Leave room"</button> })}
             <p class="note" role="status">{move || note.get()}</p>
         </aside>
     }
@@ -1332,6 +1496,8 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
 fn Dialogs(session: Session, nav: Nav) -> impl IntoView {
     let error = RwSignal::new(None::<String>);
     let query = RwSignal::new(String::new());
+    // Search results, and where the next page starts.
+    let hits = RwSignal::new((Vec::<crate::protocol::api::SearchHit>::new(), None::<i64>));
     let public = RwSignal::new(Vec::<crate::protocol::RoomInfo>::new());
     let go = move |room: String| {
         session.dialog.set(None);
@@ -1434,7 +1600,9 @@ fn Dialogs(session: Session, nav: Nav) -> impl IntoView {
             .rooms
             .get()
             .into_iter()
-            .filter(|r| q.is_empty() || r.title.to_ascii_lowercase().contains(&q) || r.name.contains(&q))
+            .filter(|r| {
+                q.is_empty() || r.title.to_ascii_lowercase().contains(&q) || r.name.contains(&q)
+            })
             .collect::<Vec<_>>()
     };
     let switch = {
@@ -1448,7 +1616,7 @@ fn Dialogs(session: Session, nav: Nav) -> impl IntoView {
     let close = move |_| session.dialog.set(None);
     view! {
         <Show when=move || session.dialog.get().is_some()>
-            <div class="backdrop" on:click=close></div>
+            <div class="backdrop" on:click=click(close)></div>
             <div class="dialog" role="dialog" aria-modal="true" aria-labelledby="dialog-title">
                 {
                     let create = create;
@@ -1458,13 +1626,13 @@ fn Dialogs(session: Session, nav: Nav) -> impl IntoView {
                     move || match session.dialog.get() {
                         Some(Dialog::CreateRoom) => view! {
                             <h2 id="dialog-title">"Create a room"</h2>
-                            <form on:submit=create>
-                                <label>"Name" <input name="name" required maxlength="64" placeholder="design-team" autofocus prop:value=move || new_name.get() on:input=move |ev| new_name.set(event_target_value(&ev))/></label>
+                            <form on:submit=submitted(create)>
+                                <label>"Name" <input name="name" required maxlength="64" placeholder="design-team" autofocus prop:value=move || new_name.get() on:input=field(new_name)/></label>
                                 <small>"Lower-case letters, digits, - and _. It is the room's address."</small>
-                                <label>"Topic" <input name="topic" maxlength="250" prop:value=move || new_topic.get() on:input=move |ev| new_topic.set(event_target_value(&ev))/></label>
+                                <label>"Topic" <input name="topic" maxlength="250" prop:value=move || new_topic.get() on:input=field(new_topic)/></label>
                                 <label class="check"><input type="checkbox" name="private" prop:checked=move || new_private.get() on:change=move |ev| new_private.set(event_target_checked(&ev))/> "Private: only people added by a member can see it"</label>
                                 <div class="actions">
-                                    <button type="button" on:click=close>"Cancel"</button>
+                                    <button type="button" on:click=click(close)>"Cancel"</button>
                                     <button type="submit" class="primary">"Create"</button>
                                 </div>
                             </form>
@@ -1481,45 +1649,85 @@ fn Dialogs(session: Session, nav: Nav) -> impl IntoView {
                                             <span class="topic">{r.topic.clone()}</span>
                                             <span class="count">{format!("{} members", r.members)}</span>
                                             {if member {
-                                                view! { <button on:click=move |_| go(name.clone())>"Open"</button> }.into_any()
+                                                view! { <button on:click=click(move |_| go(name.clone()))>"Open"</button> }.into_any()
                                             } else {
-                                                view! { <button class="primary" on:click=move |_| join(name.clone())>"Join"</button> }.into_any()
+                                                view! { <button class="primary" on:click=click(move |_| join(name.clone()))>"Join"</button> }.into_any()
                                             }}
                                         </li>
                                     }
                                 }).collect_view()}
                             </ul>
-                            <div class="actions"><button type="button" on:click=close>"Close"</button></div>
+                            <div class="actions"><button type="button" on:click=click(close)>"Close"</button></div>
                         }.into_any(),
                         Some(Dialog::NewMessage) => view! {
                             <h2 id="dialog-title">"New message"</h2>
-                            <form on:submit=dm>
-                                <label>"To" <input name="to" placeholder="usernames, separated by commas" autofocus prop:value=move || query.get() on:input=move |ev| query.set(event_target_value(&ev))/></label>
+                            <form on:submit=submitted(dm)>
+                                <label>"To" <input name="to" placeholder="usernames, separated by commas" autofocus prop:value=move || query.get() on:input=field(query)/></label>
                                 <small>"Up to 7 people besides you."</small>
                                 <div class="actions">
-                                    <button type="button" on:click=close>"Cancel"</button>
+                                    <button type="button" on:click=click(close)>"Cancel"</button>
                                     <button type="submit" class="primary">"Open"</button>
                                 </div>
                             </form>
                         }.into_any(),
+                        Some(Dialog::Search) => view! {
+                            <h2 id="dialog-title">"Search messages"</h2>
+                            <input name="q" type="search" aria-label="Search messages"
+                                placeholder={"Words, \"a phrase\", from:@someone, in:#room"} autofocus
+                                prop:value=move || query.get()
+                                on:input=move |ev| {
+                                    query.set(event_target_value(&ev));
+                                    #[cfg(feature = "hydrate")]
+                                    search_soon(query, hits, error);
+                                }/>
+                            <ol class="search-results">
+                                {move || hits.get().0.into_iter().map(|h| {
+                                    let (room, seq) = (h.room.clone(), h.seq);
+                                    let snippet = h.snippet.into_iter().map(|s| if s.hit {
+                                        view! { <mark>{s.text}</mark> }.into_any()
+                                    } else {
+                                        s.text.into_any()
+                                    }).collect_view();
+                                    view! {
+                                        <li><button class="hit" on:click=click(move |_| {
+                                            go(room.clone());
+                                            session.state(&room).focus.set(Some(seq));
+                                        })>
+                                            <span class="where">{h.room_title} " · " {h.user} " · "
+                                                <time>{clock(h.ts, true)}</time></span>
+                                            <span class="snippet">{snippet}</span>
+                                        </button></li>
+                                    }
+                                }).collect_view()}
+                            </ol>
+                            <p class="note">{move || match (query.get().trim().is_empty(), hits.get()) {
+                                (true, _) => String::new(),
+                                (false, (h, _)) if h.is_empty() => "No messages found.".to_owned(),
+                                (false, (h, more)) => format!("{} found{}", h.len(), if more.is_some() { ", more below" } else { "" }),
+                            }}</p>
+                            <Show when=move || hits.get().1.is_some()>
+                                <button on:click=click(move |_| {
+                                    #[cfg(feature = "hydrate")]
+                                    search_more(query, hits, error);
+                                })>"More results"</button>
+                            </Show>
+                        }.into_any(),
                         Some(Dialog::Switcher) => view! {
                             <h2 id="dialog-title">"Switch to…"</h2>
-                            <form on:submit=switch>
-                                <input name="q" aria-label="Room or person" placeholder="Room or person" autofocus prop:value=move || query.get() on:input=move |ev| query.set(event_target_value(&ev))/>
+                            <form on:submit=submitted(switch)>
+                                <input name="q" aria-label="Room or person" placeholder="Room or person" autofocus prop:value=move || query.get() on:input=field(query)/>
                             </form>
                             <ul class="switch-list">
                                 {move || matches().into_iter().take(8).map(|r| {
                                     let name = r.name.clone();
-                                    view! { <li><button class="link" on:click=move |_| go(name.clone())>{r.title.clone()}</button></li> }
+                                    view! { <li><button class="link" on:click=click(move |_| go(name.clone()))>{r.title.clone()}</button></li> }
                                 }).collect_view()}
                             </ul>
                         }.into_any(),
                         None => ().into_any(),
                     }
                 }
-                <Show when=move || error.get().is_some()>
-                    <p class="error" role="alert">{move || error.get().unwrap_or_default()}</p>
-                </Show>
+                {move || error.get().map(|e| view! { <p class="error" role="alert">{e}</p> })}
             </div>
         </Show>
     }

@@ -68,6 +68,8 @@ pub struct Wire {
     /// something (ms).
     told_idle: bool,
     last_input: f64,
+    /// Uploads started in this tab, to tell them apart.
+    uploads: u32,
 }
 
 /// The session's wire, for a change or a look.
@@ -793,6 +795,108 @@ pub fn react(session: Session, st: RoomState, target: u64, emoji: &str, on: bool
     change(session, frame);
 }
 
+/// Sends a file to the room, showing its progress; one over the size limit is refused here,
+/// before a byte is sent.
+pub fn upload(session: Session, st: RoomState, file: web_sys::File) {
+    use crate::session::Upload;
+    let max = session.settings.with_value(|s| s.max_upload);
+    let name = file.name();
+    let size = file.size();
+    if size > max as f64 {
+        session.last_error.set(Some(format!(
+            "{name} is {}; files may be at most {}.",
+            crate::app::human_size(size as u64),
+            crate::app::human_size(max)
+        )));
+        return;
+    }
+    let key = wire(session, |w| {
+        w.uploads = w.uploads.wrapping_add(1);
+        w.uploads
+    })
+    .unwrap_or_default();
+    st.uploads.update(|u| {
+        u.push(Upload {
+            key,
+            name: name.clone(),
+            sent: 0.0,
+            total: size,
+            error: None,
+        })
+    });
+    let fail = move |why: String| {
+        st.uploads.update(|u| {
+            if let Some(x) = u.iter_mut().find(|x| x.key == key) {
+                x.error = Some(why);
+            }
+        })
+    };
+    let Ok(xhr) = web_sys::XmlHttpRequest::new() else {
+        fail("this browser cannot upload".to_owned());
+        return;
+    };
+    let url = format!(
+        "/api/rooms/{}/attachments?name={}&client_id={}",
+        st.name(),
+        encode(&name),
+        new_client_id()
+    );
+    if xhr.open_with_async("POST", &url, true).is_err() {
+        fail("the upload could not start".to_owned());
+        return;
+    }
+    let progress =
+        Closure::<dyn FnMut(web_sys::ProgressEvent)>::new(move |ev: web_sys::ProgressEvent| {
+            st.uploads.update(|u| {
+                if let Some(x) = u.iter_mut().find(|x| x.key == key) {
+                    x.sent = ev.loaded();
+                }
+            })
+        });
+    if let Ok(up) = xhr.upload() {
+        up.set_onprogress(Some(progress.as_ref().unchecked_ref()));
+    }
+    let done = {
+        let xhr = xhr.clone();
+        Closure::<dyn FnMut()>::new(move || {
+            let status = xhr.status().unwrap_or(0);
+            if status == 200 || status == 201 {
+                // The message comes over the socket like any other.
+                st.uploads.update(|u| u.retain(|x| x.key != key));
+                return;
+            }
+            let text = xhr.response_text().ok().flatten().unwrap_or_default();
+            let why = serde_json::from_str::<ErrorAnswer>(&text)
+                .map(|e| e.error.message)
+                .unwrap_or_else(|_| format!("the upload failed ({status})"));
+            fail(why);
+        })
+    };
+    let broken =
+        Closure::<dyn FnMut()>::new(move || fail("the upload failed: no connection".to_owned()));
+    xhr.set_onload(Some(done.as_ref().unchecked_ref()));
+    xhr.set_onerror(Some(broken.as_ref().unchecked_ref()));
+    if xhr.send_with_opt_blob(Some(&file)).is_err() {
+        fail("the upload could not start".to_owned());
+    }
+    // They live as long as the request, which holds no other reference to them.
+    progress.forget();
+    done.forget();
+    broken.forget();
+}
+
+/// Percent-encodes a query parameter.
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Least time between two `typing` frames for one room (ms).
 const TYPING_EVERY: f64 = 3_000.0;
 
@@ -1011,7 +1115,10 @@ const REVEAL_PAGES: usize = 25;
 /// until it is loaded (up to [`REVEAL_PAGES`] pages of 200).
 pub fn reveal(session: Session, st: RoomState, seq: u64) {
     leptos::task::spawn_local(async move {
-        let loaded = |st: RoomState| st.messages.with_untracked(|l| l.iter().any(|e| e.seq == Some(seq)));
+        let loaded = |st: RoomState| {
+            st.messages
+                .with_untracked(|l| l.iter().any(|e| e.seq == Some(seq)))
+        };
         for _ in 0..REVEAL_PAGES {
             let oldest = st
                 .messages
@@ -1021,15 +1128,17 @@ pub fn reveal(session: Session, st: RoomState, seq: u64) {
                 break;
             }
             if let Err(e) = older_page(st).await {
-                session.last_error.set(Some(format!("could not load the message: {e}")));
+                session
+                    .last_error
+                    .set(Some(format!("could not load the message: {e}")));
                 break;
             }
         }
         st.focus.set(None);
         if !loaded(st) {
-            session
-                .last_error
-                .set(Some("That message is too far back to show here.".to_owned()));
+            session.last_error.set(Some(
+                "That message is too far back to show here.".to_owned(),
+            ));
             return;
         }
         st.at_bottom.set(false);

@@ -15,7 +15,10 @@ pub enum Block {
     /// A fenced code block: its text as it is, whitespace kept.
     Code(String),
     Quote(Vec<Span>),
-    List { ordered: bool, items: Vec<Vec<Span>> },
+    List {
+        ordered: bool,
+        items: Vec<Vec<Span>>,
+    },
 }
 
 /// A run of text with one look.
@@ -126,7 +129,11 @@ enum Token<'a> {
     Link(&'a str),
     Mention(&'a str),
     /// A style delimiter: which style, and whether it may open or close there.
-    Mark { style: Style, open: bool, close: bool },
+    Mark {
+        style: Style,
+        open: bool,
+        close: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,7 +258,8 @@ fn tokenize<'a>(text: &'a str) -> Vec<Token<'a>> {
                 plain = i;
                 continue;
             }
-        } else if (b == b'h') && (text[i..].starts_with("https://") || text[i..].starts_with("http://"))
+        } else if (b == b'h')
+            && (text[i..].starts_with("https://") || text[i..].starts_with("http://"))
             && before(i).is_none_or(|c| !is_word(c))
         {
             let end = text[i..]
@@ -261,7 +269,8 @@ fn tokenize<'a>(text: &'a str) -> Vec<Token<'a>> {
             // address has no opening one.
             let mut url = &text[i..end];
             loop {
-                let trimmed = url.trim_end_matches(['.', ',', ':', ';', '!', '?', '\'', '*', '_', '~']);
+                let trimmed =
+                    url.trim_end_matches(['.', ',', ':', ';', '!', '?', '\'', '*', '_', '~']);
                 let trimmed = if trimmed.ends_with(')') && !trimmed.contains('(') {
                     &trimmed[..trimmed.len() - 1]
                 } else {
@@ -363,7 +372,11 @@ mod tests {
     #[test]
     fn styles_pair_up_and_stray_marks_stay_text() {
         let s = inline("a **bold** and *it* and ~~gone~~ and `co*de*`");
-        let bold: Vec<&str> = s.iter().filter(|x| x.bold).map(|x| x.text.as_str()).collect();
+        let bold: Vec<&str> = s
+            .iter()
+            .filter(|x| x.bold)
+            .map(|x| x.text.as_str())
+            .collect();
         assert_eq!(bold, vec!["bold"]);
         assert!(s.iter().any(|x| x.italic && x.text == "it"));
         assert!(s.iter().any(|x| x.strike && x.text == "gone"));
@@ -409,7 +422,7 @@ mod tests {
 
     #[test]
     fn plain_text_drops_the_marks() {
-        assert_eq!(plain("in **10 minutes**, `ok`"), "in 10 minutes, ok");
+        assert_eq!(super::plain("in **10 minutes**, `ok`"), "in 10 minutes, ok");
     }
 
     #[test]
@@ -439,7 +452,9 @@ mod tests {
         assert_eq!(s, vec![plain(&stars)], "stars alone are text");
         let nested = "**_~~".repeat(800) + "x" + &"~~_**".repeat(800);
         let _ = inline(&nested);
-        let mixed: String = (0..4_000).map(|i| ["*", "_", "`", "~", "a "][i % 5]).collect();
+        let mixed: String = (0..4_000)
+            .map(|i| ["*", "_", "`", "~", "a "][i % 5])
+            .collect();
         let _ = parse(&mixed);
         assert!(t.elapsed() < std::time::Duration::from_secs(1));
         // Many lines stay bounded in blocks.

@@ -715,6 +715,38 @@ pub mod api {
         pub messages: Vec<ChatMessage>,
     }
 
+    /// A message found by `GET /api/search`.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct SearchHit {
+        pub room: String,
+        /// The room's title, as the caller sees it (for a DM, its people's names).
+        pub room_title: String,
+        pub seq: u64,
+        pub id: i64,
+        pub user: String,
+        #[serde(default)]
+        pub username: Option<String>,
+        pub ts: i64,
+        /// The part of the text around the match: runs of plain text, and of the words found
+        /// (`hit`). Text, never markup.
+        pub snippet: Vec<Snippet>,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Snippet {
+        pub text: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub hit: bool,
+    }
+
+    /// The answer of `GET /api/search`: newest first; `next` is the `before` of the next page.
+    #[derive(Clone, Debug, Serialize, Deserialize)]
+    pub struct SearchAnswer {
+        pub hits: Vec<SearchHit>,
+        #[serde(default)]
+        pub next: Option<i64>,
+    }
+
     /// `{"error": {"code", "message"}}`: how every endpoint refuses.
     #[derive(Clone, Debug, Serialize, Deserialize)]
     pub struct ErrorAnswer {

@@ -210,6 +210,17 @@ impl Entry {
     }
 }
 
+/// A file on its way up, as the composer shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Upload {
+    pub key: u32,
+    pub name: String,
+    pub sent: f64,
+    pub total: f64,
+    /// Why it was refused or failed.
+    pub error: Option<String>,
+}
+
 /// Someone typing in a room, until when (ms) the indicator shows without renewal.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Typist {
@@ -253,6 +264,7 @@ pub enum Dialog {
     BrowseRooms,
     NewMessage,
     Switcher,
+    Search,
 }
 
 /// One room as this tab holds it.
@@ -289,6 +301,8 @@ pub struct RoomState {
     pub typing: RwSignal<Vec<Typist>>,
     /// A message to bring into view and mark (from a reply's quote or a search result).
     pub focus: RwSignal<Option<u64>>,
+    /// Files being uploaded to the room from this tab.
+    pub uploads: RwSignal<Vec<Upload>>,
 }
 
 impl RoomState {
@@ -310,6 +324,7 @@ impl RoomState {
             editing: RwSignal::new(None),
             typing: RwSignal::new(Vec::new()),
             focus: RwSignal::new(None),
+            uploads: RwSignal::new(Vec::new()),
         }
     }
 

@@ -2,7 +2,8 @@
 //! health. Every room endpoint goes through the chat's one authorisation point.
 
 use crate::protocol::api::{
-    CreateRoom, HistoryPage, Invite, OpenDm, RoomAnswer, RoomDetail, RoomsAnswer, UpdateRoom,
+    CreateRoom, HistoryPage, Invite, OpenDm, RoomAnswer, RoomDetail, RoomsAnswer, SearchAnswer,
+    UpdateRoom,
 };
 use crate::protocol::{self, MAX_FRAME_BYTES, MAX_PAGE, PAGE_HISTORY};
 use crate::server::auth::{self, Identity};
@@ -66,7 +67,7 @@ fn parse_u64(name: &str, v: Option<String>) -> Result<Option<u64>, AppError> {
 
 /// The caller of a request: who they are and from where, checked (with the Origin check for
 /// cookie-authenticated writes) before anything else.
-async fn caller(
+pub async fn caller(
     state: &AppState,
     peer: SocketAddr,
     headers: &HeaderMap,
@@ -78,7 +79,7 @@ async fn caller(
 }
 
 /// The caller's account: room endpoints are for accounts, not guests.
-fn account(who: &Identity) -> Result<&User, AppError> {
+pub fn account(who: &Identity) -> Result<&User, AppError> {
     who.user.as_ref().ok_or(AppError::Chat(ChatError::Forbidden(
         "guests have the default room only; sign up for the rest",
     )))
@@ -459,4 +460,49 @@ pub async fn react(
     let on = method == axum::http::Method::PUT;
     state.chat.react(user, &room, target, &emoji, on).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Query of `GET /api/search`.
+#[derive(Debug, Deserialize)]
+pub struct SearchQuery {
+    q: Option<String>,
+    before: Option<String>,
+    limit: Option<String>,
+}
+
+/// Most hits one search answers.
+pub const MAX_SEARCH_PAGE: u64 = 50;
+
+/// `GET /api/search?q=…`: messages in the rooms the caller may read, newest first, paged with
+/// `before` (the `next` of the last answer).
+pub async fn search(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<SearchQuery>,
+) -> Result<Response, AppError> {
+    let (who, ip) = caller(&state, peer, &headers, false).await?;
+    let user = account(&who)?;
+    // A search reads the index: it costs like a message.
+    if let Err(wait) = state.rates.take(rate_key(&who, ip), 1) {
+        return Ok(auth::too_many(wait, "too many searches: slow down"));
+    }
+    let limit = match parse_u64("limit", q.limit)? {
+        None => 20,
+        Some(n) if (1..=MAX_SEARCH_PAGE).contains(&n) => n,
+        Some(_) => {
+            return Err(AppError::BadRequest(format!(
+                "limit must be between 1 and {MAX_SEARCH_PAGE}"
+            )))
+        }
+    };
+    let before = parse_u64("before", q.before)?.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+    let hits = state
+        .chat
+        .search(user, q.q.as_deref().unwrap_or(""), before, limit as usize)
+        .await?;
+    let next = (hits.len() as u64 == limit)
+        .then(|| hits.last().map(|h| h.id))
+        .flatten();
+    Ok(Json(SearchAnswer { hits, next }).into_response())
 }

@@ -1,6 +1,7 @@
 //! The one path by which a message enters the system, whichever door it came through: validate,
 //! store durably, then fan out to the room.
 
+use crate::protocol::api::SearchHit;
 use crate::protocol::ReadPosition;
 use crate::protocol::{
     self, ChatMessage, ClassicMessage, ErrorCode, EventKind, Invalid, MemberInfo, RoomInfo,
@@ -8,12 +9,14 @@ use crate::protocol::{
 };
 use crate::server::access::{self, Action};
 use crate::server::faults;
+use crate::server::files::BlobStore;
 use crate::server::hub::{personal_channel, Delivery, Hub, Personal};
 use crate::server::presence::Presence;
 use crate::server::store::{
-    Appended, Author, Change, CommitFeed, DynStore, FeedError, Member, NewMessage, NewRoom,
-    ReadState, RoomAccess, StoreError, User,
+    Appended, Author, Change, CommitFeed, DynStore, FeedError, Member, NewAttachment, NewMessage,
+    NewRoom, ReadState, RoomAccess, StoreError, User,
 };
+use crate::server::store::{Search, Term};
 use crate::server::tasks::{supervise, Tasks};
 use axum::extract::ws::Utf8Bytes;
 use std::collections::HashMap;
@@ -27,6 +30,8 @@ pub const FANOUT_TASK: &str = "fanout";
 #[derive(Clone)]
 pub struct Chat {
     pub store: DynStore,
+    /// Where attachments' bytes are kept.
+    pub blobs: Arc<dyn BlobStore>,
     pub hub: Hub,
     pub limits: RoomLimits,
     /// Who is here (sessions aggregated per person), sent out through the hub.
@@ -181,6 +186,12 @@ pub enum ChatError {
     EditWindowClosed(u64),
     #[error("that message was deleted")]
     MessageDeleted,
+    /// A file over the size limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The account's files would pass its quota.
+    #[error("{0}")]
+    Quota(String),
     #[error(transparent)]
     Store(StoreError),
 }
@@ -206,6 +217,8 @@ impl ChatError {
             ChatError::UnknownMessage(_) => ErrorCode::UnknownMessage,
             ChatError::EditWindowClosed(_) => ErrorCode::EditWindowClosed,
             ChatError::MessageDeleted => ErrorCode::MessageDeleted,
+            ChatError::TooLarge(_) => ErrorCode::TooLarge,
+            ChatError::Quota(_) => ErrorCode::QuotaExceeded,
             ChatError::Store(_) => ErrorCode::Internal,
         }
     }
@@ -270,11 +283,17 @@ impl Chat {
     /// Joins storage and the hub, and starts the fan-out from the store's commit feed under
     /// supervision: if it panics, a new one subscribes and every member resyncs from storage
     /// (what was committed meanwhile is read there).
-    pub fn new(store: DynStore, hub: Hub, tasks: Tasks) -> Self {
-        Self::with_limits(store, hub, tasks, RoomLimits::default())
+    pub fn new(store: DynStore, blobs: Arc<dyn BlobStore>, hub: Hub, tasks: Tasks) -> Self {
+        Self::with_limits(store, blobs, hub, tasks, RoomLimits::default())
     }
 
-    pub fn with_limits(store: DynStore, hub: Hub, tasks: Tasks, limits: RoomLimits) -> Self {
+    pub fn with_limits(
+        store: DynStore,
+        blobs: Arc<dyn BlobStore>,
+        hub: Hub,
+        tasks: Tasks,
+        limits: RoomLimits,
+    ) -> Self {
         let (s, h) = (store.clone(), hub.clone());
         tokio::spawn(supervise(tasks.clone(), FANOUT_TASK, move |run| {
             let feed = s.commits();
@@ -290,6 +309,7 @@ impl Chat {
         }));
         Chat {
             store,
+            blobs,
             hub,
             limits,
             presence,
@@ -379,6 +399,60 @@ impl Chat {
             .map_err(|e| ChatError::about_message(e, room, reply_to))
     }
 
+    /// Posts a message that carries a file (already kept in the blob store), with an optional
+    /// caption. If it is not stored, the blob goes unless something else refers to it.
+    pub async fn post_file(
+        &self,
+        user: &User,
+        room: &str,
+        client_id: String,
+        caption: String,
+        file: NewAttachment,
+    ) -> Result<Appended, ChatError> {
+        let sha = file.sha256.clone();
+        let done = self
+            .post_file_inner(user, room, client_id, caption, file)
+            .await;
+        if done.is_err() || done.as_ref().is_ok_and(|a| !a.created) {
+            self.forget_blob_if_unused(&sha).await;
+        }
+        done
+    }
+
+    async fn post_file_inner(
+        &self,
+        user: &User,
+        room: &str,
+        client_id: String,
+        caption: String,
+        file: NewAttachment,
+    ) -> Result<Appended, ChatError> {
+        protocol::validate_client_id(&client_id)?;
+        if !caption.trim().is_empty() {
+            protocol::validate_body(&caption)?;
+        }
+        self.authorize(Some(user), room, Action::Post).await?;
+        let mut message = NewMessage::chat(room, client_id, Author::of(user), caption);
+        message.attachment = Some(file);
+        self.store
+            .append(message)
+            .await
+            .map_err(|e| ChatError::from_store(e, room))
+    }
+
+    /// Deletes a blob nothing refers to.
+    async fn forget_blob_if_unused(&self, sha: &str) {
+        match self.store.blob_in_use(sha).await {
+            Ok(false) => {
+                if let Err(e) = self.blobs.delete(sha).await {
+                    tracing::warn!(error = %e, "could not delete an unused blob");
+                }
+            }
+            Ok(true) => {}
+            Err(e) => tracing::warn!(error = %e, "could not check whether a blob is used"),
+        }
+    }
+
     /// Changes the text of the caller's own message `target`, within the edit window. Those it
     /// now mentions who it did not before are notified.
     pub async fn edit(
@@ -428,8 +502,14 @@ impl Chat {
         let any_author = user.is_admin || access.owner_id == Some(user.id);
         let change = Change::Delete { any_author };
         let kind = EventKind::MessageDeleted;
-        self.change_message(user, room, client_id, kind, target, String::new(), change)
-            .await
+        let done = self
+            .change_message(user, room, client_id, kind, target, String::new(), change)
+            .await?;
+        // Its files go with it, once the delete is committed.
+        for sha in &done.freed {
+            self.forget_blob_if_unused(sha).await;
+        }
+        Ok(done)
     }
 
     /// Adds (`on`) or takes back the caller's reaction to message `target`; `None` when that is
@@ -536,6 +616,18 @@ impl Chat {
         let mut info = self.info(user, room).await?;
         info.head = head;
         Ok((info, Page { head, messages }))
+    }
+
+    /// Messages matching `q` in the rooms `user` may read, newest first (see [`parse_search`]).
+    pub async fn search(
+        &self,
+        user: &User,
+        q: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>, ChatError> {
+        let search = parse_search(q)?;
+        Ok(self.store.search(user.id, &search, before, limit).await?)
     }
 
     /// The rooms and DMs `user` is in.
@@ -682,6 +774,7 @@ impl Chat {
                 change: Change::Create(room),
                 target: None,
                 reply_to: None,
+                attachment: None,
             })
             .await
             .map_err(|e| ChatError::from_store(e, &name))?;
@@ -885,10 +978,53 @@ impl Chat {
                 change,
                 target: None,
                 reply_to: None,
+                attachment: None,
             })
             .await
             .map_err(|e| ChatError::from_store(e, room))
     }
+}
+
+/// Longest search, in characters, and most terms in one.
+pub const MAX_SEARCH_CHARS: usize = 500;
+pub const MAX_SEARCH_TERMS: usize = 20;
+
+/// Reads a search: words, `"quoted phrases"`, `from:@username` and `in:#room`. A search needs at
+/// least one word or phrase.
+pub fn parse_search(q: &str) -> Result<Search, Invalid> {
+    let bad = |why: &str| Invalid::new(ErrorCode::InvalidQuery, why.to_owned());
+    if q.chars().count() > MAX_SEARCH_CHARS {
+        return Err(bad("a search is at most 500 characters"));
+    }
+    let mut search = Search::default();
+    let mut rest = q.trim();
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('"') {
+            let (phrase, tail) = after.split_once('"').unwrap_or((after, ""));
+            search.terms.push(Term::Phrase(phrase.trim().to_owned()));
+            rest = tail.trim_start();
+            continue;
+        }
+        let (token, tail) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+        rest = tail.trim_start();
+        if let Some(who) = token.strip_prefix("from:") {
+            search.from = Some(who.trim_start_matches('@').to_ascii_lowercase());
+        } else if let Some(room) = token.strip_prefix("in:") {
+            search.room = Some(room.trim_start_matches('#').to_owned());
+        } else {
+            search.terms.push(Term::Word(token.to_owned()));
+        }
+    }
+    search.terms.retain(|t| match t {
+        Term::Word(w) | Term::Phrase(w) => !w.is_empty(),
+    });
+    if search.terms.is_empty() {
+        return Err(bad("search for at least one word"));
+    }
+    if search.terms.len() > MAX_SEARCH_TERMS {
+        return Err(bad("a search has at most 20 words and phrases"));
+    }
+    Ok(search)
 }
 
 /// A user-given name, cut short for an error message.
@@ -921,4 +1057,40 @@ fn dm_slug(key: &str) -> String {
 /// every container).
 pub fn server_client_id() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn searches_have_words_phrases_and_filters() {
+        let s = parse_search(r#"release "next friday" from:@Ann in:#design notes"#).expect("ok");
+        assert_eq!(
+            s.terms,
+            vec![
+                Term::Word("release".into()),
+                Term::Phrase("next friday".into()),
+                Term::Word("notes".into()),
+            ]
+        );
+        assert_eq!(
+            (s.from.as_deref(), s.room.as_deref()),
+            (Some("ann"), Some("design"))
+        );
+        assert_eq!(
+            parse_search(r#""unclosed phrase"#).expect("ok").terms,
+            vec![Term::Phrase("unclosed phrase".into())]
+        );
+        for bad in [
+            "",
+            "   ",
+            "from:@ann",
+            r#""""#,
+            &"x ".repeat(300),
+            &"w ".repeat(21),
+        ] {
+            assert!(parse_search(bad).is_err(), "{bad:?}");
+        }
+    }
 }

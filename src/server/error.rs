@@ -23,6 +23,13 @@ pub enum AppError {
     Denied(crate::server::auth::Denied),
     #[error(transparent)]
     Chat(#[from] ChatError),
+    #[error("{0}")]
+    NotFound(String),
+    /// The request stopped arriving.
+    #[error("the request stopped arriving")]
+    Timeout,
+    #[error("disk error: {0}")]
+    Io(std::io::Error),
 }
 
 impl From<crate::server::auth::Denied> for AppError {
@@ -46,13 +53,16 @@ impl AppError {
             AppError::Store(_) => ErrorCode::Internal,
             AppError::Denied(_) => ErrorCode::Unauthorized,
             AppError::Chat(e) => e.code(),
+            AppError::NotFound(_) => ErrorCode::UnknownMessage,
+            AppError::Timeout => ErrorCode::InvalidQuery,
+            AppError::Io(_) => ErrorCode::Internal,
         }
     }
 
     /// The message a client may see: internal details stay in the log.
     pub fn public_message(&self) -> String {
         match self {
-            AppError::Store(_) => "internal error".to_owned(),
+            AppError::Store(_) | AppError::Io(_) => "internal error".to_owned(),
             AppError::Chat(e) => e.public_message(),
             other => other.to_string(),
         }
@@ -73,6 +83,12 @@ impl IntoResponse for AppError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             AppError::Chat(e) => chat_status(e),
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            AppError::Io(e) => {
+                tracing::error!(error = %e, "request failed on disk");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         let body = ErrorAnswer {
             error: ErrorBody {
@@ -93,6 +109,7 @@ fn chat_status(e: &ChatError) -> StatusCode {
             StatusCode::NOT_FOUND
         }
         ChatError::EditWindowClosed(_) | ChatError::MessageDeleted => StatusCode::CONFLICT,
+        ChatError::TooLarge(_) | ChatError::Quota(_) => StatusCode::PAYLOAD_TOO_LARGE,
         ChatError::NotMember(_) | ChatError::Forbidden(_) => StatusCode::FORBIDDEN,
         ChatError::Archived(_) | ChatError::RoomExists(_) => StatusCode::CONFLICT,
         ChatError::Limit(_) => StatusCode::UNPROCESSABLE_ENTITY,

@@ -3,11 +3,13 @@
 
 pub mod access;
 pub mod api;
+pub mod attachments;
 pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod error;
 pub mod faults;
+pub mod files;
 pub mod hub;
 pub mod limits;
 pub mod page;
@@ -25,6 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use error::AppError;
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
 use std::future::Future;
@@ -169,6 +172,7 @@ impl AppState {
             leptos_options,
             chat: chat::Chat::with_limits(
                 store,
+                Arc::new(files::DirBlobs::new(&config.data_dir)?),
                 hub::Hub::new(config.queue_len, config.queue_bytes),
                 tasks.clone(),
                 chat::RoomLimits {
@@ -231,6 +235,22 @@ async fn request_deadline(State(state): State<AppState>, req: Request, next: Nex
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // An upload streams to disk with limits of its own (size, quota, a stall); everything else
+    // must arrive in full within the request timeout.
+    let upload = req.method() == axum::http::Method::POST
+        && req.uri().path().starts_with("/api/rooms/")
+        && req.uri().path().ends_with("/attachments");
+    if upload {
+        let limit = state.uploads.max;
+        if announced.is_some_and(|n| n > limit) {
+            return AppError::Chat(chat::ChatError::TooLarge(format!(
+                "the file is over the limit of {} MB",
+                limit / 1_000_000
+            )))
+            .into_response();
+        }
+        return next.run(req).await;
+    }
     if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return (
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,
@@ -333,6 +353,9 @@ pub fn router(state: AppState) -> Router {
     router
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(api::healthz))
+        .route("/api/search", get(api::search))
+        .route("/api/attachments/{id}", get(attachments::download))
+        .route("/api/rooms/{room}/attachments", post(attachments::upload))
         .route("/login", get(pages::login_page))
         .route("/signup", get(pages::signup_page))
         .route("/tokens", get(pages::tokens_page))

@@ -1166,3 +1166,122 @@ async fn the_room_endpoints_hold_against_floods_huge_fields_and_slow_bodies() {
         rss_after - rss_before
     );
 }
+
+/// Uploads from one account: 40 files announced at 11 MB, 40 sent without a length running past
+/// the limit, 8 files of 9.5 MB at once, a thousand reactions and edits of someone else's
+/// message, and 2,000 searches; the server keeps none of the refused bytes and its memory does
+/// not grow with the file sizes (uploads stream to disk).
+#[tokio::test]
+async fn uploads_reactions_edits_and_searches_hold_against_one_account() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start_with(dir.path(), &[], &secure(&[]), &[]);
+    let base = server.url("");
+    let http = client();
+    let token = csrf(&http, &base).await;
+    let session = signup_session(&http, &base, &token, "ann").await;
+    let origin = base.trim_end_matches('/').to_owned();
+    let rss_before = server.status_kib("VmRSS");
+    let cpu_before = server.cpu();
+    let mut statuses = std::collections::BTreeMap::new();
+    let mut count = |s: reqwest::StatusCode| *statuses.entry(s.as_u16()).or_insert(0u32) += 1;
+    let upload = |name: &str, body: reqwest::Body, length: Option<u64>| {
+        let mut req = http
+            .post(format!("{base}/api/rooms/general/attachments?name={name}"))
+            .header("Cookie", format!("hubbub_session={session}"))
+            .header("Origin", origin.clone());
+        if let Some(n) = length {
+            req = req.header("Content-Length", n);
+        }
+        req.body(body).send()
+    };
+    // Announced too large: refused before a byte is read (the client sends nothing more).
+    for i in 0..40 {
+        let r = upload(
+            &format!("big{i}"),
+            reqwest::Body::from(Vec::<u8>::new()),
+            Some(11_000_000),
+        )
+        .await;
+        match r {
+            Ok(r) => count(r.status()),
+            Err(_) => count(reqwest::StatusCode::PAYLOAD_TOO_LARGE),
+        }
+    }
+    // Sent without a length, each 11 MB: cut off at 10 MB.
+    for i in 0..40 {
+        let chunks = (0..176).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 64 * 1024]));
+        let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+        let r = upload(&format!("over{i}"), body, None).await.expect("post");
+        count(r.status());
+    }
+    // Eight files of 9.5 MB at once: stored, streamed.
+    let files: Vec<_> = (0..8)
+        .map(|i| {
+            let mut bytes = vec![0u8; 9_500_000];
+            bytes[0] = i as u8;
+            upload(&format!("ok{i}.bin"), reqwest::Body::from(bytes), None)
+        })
+        .collect();
+    for r in futures_util::future::join_all(files).await {
+        count(r.expect("post").status());
+    }
+    let peak = server.status_kib("VmHWM");
+    let call = |method: reqwest::Method, path: String| {
+        http.request(method, format!("{base}{path}"))
+            .header("Cookie", format!("hubbub_session={session}"))
+            .header("Origin", origin.clone())
+            .send()
+    };
+    // 1,000 distinct reactions to one message, and 2,000 searches.
+    for i in 0..1_000u32 {
+        let emoji: String = char::from_u32(0x1F300 + i).expect("emoji").to_string();
+        let e: String = emoji.bytes().map(|b| format!("%{b:02X}")).collect();
+        let r = call(
+            reqwest::Method::PUT,
+            format!("/api/rooms/general/messages/2/reactions/{e}"),
+        )
+        .await
+        .expect("react");
+        count(r.status());
+    }
+    for i in 0..2_000 {
+        let r = call(
+            reqwest::Method::GET,
+            format!("/api/search?q=x{i}%20%22a%20b%22%20*"),
+        )
+        .await
+        .expect("search");
+        count(r.status());
+    }
+    let rss_after = server.status_kib("VmRSS");
+    let cpu = server.cpu().saturating_sub(cpu_before);
+    let incoming = std::fs::read_dir(dir.path().join("blobs/incoming"))
+        .expect("incoming")
+        .count();
+    println!(
+        "uploads and friends: {statuses:?}; RSS {rss_before} KiB before, peak {peak} KiB, {rss_after} KiB after; server CPU {cpu:?}; {incoming} scratch files left"
+    );
+    assert_eq!(
+        statuses.get(&413),
+        Some(&80),
+        "every oversized upload refused"
+    );
+    assert_eq!(incoming, 0, "nothing refused is kept");
+    assert_eq!(statuses.get(&201), Some(&8), "the files within the limit");
+    assert_eq!(
+        statuses.get(&204),
+        Some(&20),
+        "reactions, up to the 20 kinds"
+    );
+    assert_eq!(
+        statuses.get(&422),
+        Some(&(1_000 - 20)),
+        "20 kinds of reaction at most"
+    );
+    assert_eq!(statuses.get(&200), Some(&2_000), "searches answered");
+    assert!(
+        peak.saturating_sub(rss_before) < 64 * 1024,
+        "the peak grew {} KiB for 76 MB of uploads",
+        peak - rss_before
+    );
+}

@@ -462,9 +462,10 @@ async fn replies_quote_their_original_in_the_same_room_only() {
     assert_eq!(v["message"]["reply_to"], seq);
     assert_eq!(quote["username"], "ann");
     assert!(quote["body"].as_str().expect("body").chars().count() <= 121);
-    let ServerFrame::Message(live) = until(&mut a, |f| {
-        matches!(f, ServerFrame::Message(m) if m.reply_to.is_some())
-    })
+    let ServerFrame::Message(live) = until(
+        &mut a,
+        |f| matches!(f, ServerFrame::Message(m) if m.reply_to.is_some()),
+    )
     .await
     else {
         unreachable!()

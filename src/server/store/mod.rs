@@ -102,6 +102,30 @@ pub struct NewMessage {
     pub target: Option<u64>,
     /// For a reply: the seq of the message it answers.
     pub reply_to: Option<u64>,
+    /// A file the message carries (its bytes already kept in the blob store).
+    pub attachment: Option<NewAttachment>,
+}
+
+/// A file to attach to a new message.
+#[derive(Clone, Debug)]
+pub struct NewAttachment {
+    pub id: String,
+    pub sha256: String,
+    pub name: String,
+    pub size: u64,
+    pub mime: String,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+}
+
+/// An attachment as the server looks it up to serve it.
+#[derive(Clone, Debug)]
+pub struct StoredAttachment {
+    pub room: String,
+    pub sha256: String,
+    pub name: String,
+    pub size: u64,
+    pub mime: String,
 }
 
 impl NewMessage {
@@ -117,6 +141,7 @@ impl NewMessage {
             change: Change::None,
             target: None,
             reply_to: None,
+            attachment: None,
         }
     }
 }
@@ -130,6 +155,8 @@ pub struct Appended {
     /// False when the `(room, client_id)` was already stored (or the DM existed): `message` is
     /// then the original.
     pub created: bool,
+    /// Blobs nothing refers to any more since this event (a deleted message's files).
+    pub freed: Vec<String>,
 }
 
 /// A member's read position in a room and what is left after it.
@@ -233,6 +260,24 @@ pub enum StoreError {
     },
 }
 
+/// A search, as the store runs it: the words and phrases, each of which a message must have,
+/// and the filters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Search {
+    /// Words and quoted phrases (the last may match as a prefix).
+    pub terms: Vec<Term>,
+    /// Only messages by this username.
+    pub from: Option<String>,
+    /// Only messages in this room.
+    pub room: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Term {
+    Word(String),
+    Phrase(String),
+}
+
 /// The storage contract. Every implementation passes the same contract tests.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -309,6 +354,25 @@ pub trait Store: Send + Sync + 'static {
         room: &str,
         limit: usize,
     ) -> Result<Option<(u64, Vec<ChatMessage>)>, StoreError>;
+
+    /// The newest messages (`id` below `before`, at most `limit`) that match `search` in the rooms
+    /// `user` may read (those they are in, and public rooms), newest first.
+    async fn search(
+        &self,
+        user: i64,
+        search: &Search,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<crate::protocol::api::SearchHit>, StoreError>;
+
+    /// The attachment with this id, if its message is not deleted.
+    async fn attachment(&self, id: &str) -> Result<Option<StoredAttachment>, StoreError>;
+
+    /// Bytes of the attachments `user` has uploaded and not deleted.
+    async fn uploaded_bytes(&self, user: i64) -> Result<u64, StoreError>;
+
+    /// Whether any attachment refers to the blob.
+    async fn blob_in_use(&self, sha256: &str) -> Result<bool, StoreError>;
 
     /// Every message committed from now on, once, in commit order (so in seq order within a
     /// room); a resent `client_id` is not in it. The server fans out from this feed: deliveries

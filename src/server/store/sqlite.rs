@@ -5,8 +5,9 @@
 use super::feed::FeedSender;
 use super::{
     AccountStore, Appended, Change, CommitFeed, Credentials, InviteInfo, NewMessage, NewRoom,
-    ReadState, RoomAccess, Store, StoreError, TokenInfo, User,
+    ReadState, RoomAccess, Search, Store, StoreError, StoredAttachment, Term, TokenInfo, User,
 };
+use crate::protocol::api::{SearchHit, Snippet};
 use crate::protocol::{
     self, Attachment, ChatMessage, EventKind, MemberInfo, Quote, Reaction, RoomInfo, RoomKind,
     Visibility,
@@ -88,6 +89,45 @@ fn ids_of(list: &str) -> Vec<i64> {
 
 fn ids_text(ids: &[i64]) -> String {
     ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// The FTS5 expression of a search: every word and phrase quoted (so nothing a user types is
+/// query syntax), all required, the last word also as a prefix. `None` when nothing is left.
+fn fts_query(terms: &[Term]) -> Option<String> {
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let mut parts: Vec<String> = Vec::new();
+    for (i, term) in terms.iter().enumerate() {
+        match term {
+            Term::Word(w) if w.trim().is_empty() => {}
+            Term::Phrase(p) if p.trim().is_empty() => {}
+            Term::Word(w) if i + 1 == terms.len() => parts.push(format!("{}*", quote(w))),
+            Term::Word(w) | Term::Phrase(w) => parts.push(quote(w)),
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join(" AND "))
+}
+
+/// Splits a snippet at the markers the index put around the words it found.
+fn snippet_parts(snippet: &str) -> Vec<Snippet> {
+    let mut out = Vec::new();
+    let mut hit = false;
+    for piece in snippet.split(['\u{2}', '\u{3}']) {
+        if !piece.is_empty() {
+            out.push(Snippet {
+                text: piece.to_owned(),
+                hit,
+            });
+        }
+        hit = !hit;
+    }
+    // A marker the text itself carried would flip the rest: only what the index marked counts.
+    let marked = snippet.matches('\u{2}').count() == snippet.matches('\u{3}').count();
+    if !marked {
+        for part in &mut out {
+            part.hit = false;
+        }
+    }
+    out
 }
 
 /// Turns rows of one room into messages with their reactions (read in one query for the lot).
@@ -470,6 +510,7 @@ async fn writer_loop(
                             message: message.clone(),
                             more: Vec::new(),
                             created: true,
+                            freed: Vec::new(),
                         }),
                         // Stored before (a resend): the original is the answer, as always.
                         None => match stored(pool, &msg).await {
@@ -477,6 +518,7 @@ async fn writer_loop(
                                 message: original,
                                 more: Vec::new(),
                                 created: false,
+                                freed: Vec::new(),
                             }),
                             None => Err(StoreError::Batch(message.clone())),
                         },
@@ -608,6 +650,7 @@ async fn append_one(
             message: row.into(),
             more: Vec::new(),
             created: false,
+            freed: Vec::new(),
         });
     }
     if archived && msg.kind != EventKind::MemberLeft {
@@ -630,8 +673,35 @@ async fn append_one(
         let original = target_message(conn, room_id, target).await?;
         extra.reply = Some(original.quote());
     }
-    apply(conn, room_id, msg, &mut extra).await?;
-    let message = insert_event(conn, room_id, msg, &extra).await?;
+    let freed = apply(conn, room_id, msg, &mut extra).await?;
+    let mut message = insert_event(conn, room_id, msg, &extra).await?;
+    if let (Some(a), EventKind::Message) = (&msg.attachment, msg.kind) {
+        sqlx::query(
+            "INSERT INTO attachments (id, room_id, seq, uploader_id, sha256, name, size, mime, \
+             width, height, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&a.id)
+        .bind(room_id)
+        .bind(to_i64(message.seq))
+        .bind(msg.author.user_id)
+        .bind(&a.sha256)
+        .bind(&a.name)
+        .bind(to_i64(a.size))
+        .bind(&a.mime)
+        .bind(a.width)
+        .bind(a.height)
+        .bind(now_ms())
+        .execute(&mut *conn)
+        .await?;
+        message.attachment = Some(Attachment {
+            id: a.id.clone(),
+            name: a.name.clone(),
+            size: a.size,
+            mime: a.mime.clone(),
+            width: a.width,
+            height: a.height,
+        });
+    }
     if !extra.notify.is_empty() {
         // Each newly mentioned member counts this event (the message, or the edit that named
         // them) as a mention, until they read past it.
@@ -652,6 +722,7 @@ async fn append_one(
         message,
         more: Vec::new(),
         created: true,
+        freed,
     })
 }
 
@@ -773,13 +844,15 @@ async fn is_member(
     Ok(found.is_some())
 }
 
-/// Applies what an event changes in the room, before the event is stored.
+/// Applies what an event changes in the room, before the event is stored; returns the blobs it
+/// left unreferenced (a deleted message's files).
 async fn apply(
     conn: &mut sqlx::SqliteConnection,
     room_id: i64,
     msg: &NewMessage,
     extra: &mut Extra,
-) -> Result<(), StoreError> {
+) -> Result<Vec<String>, StoreError> {
+    let mut freed = Vec::new();
     let member = msg.member.as_ref().map(|m| m.user_id);
     match &msg.change {
         Change::None if msg.kind == EventKind::Message => {
@@ -889,6 +962,23 @@ async fn apply(
             .bind(to_i64(seq))
             .execute(&mut *conn)
             .await?;
+            let files: Vec<String> = sqlx::query_scalar(
+                "DELETE FROM attachments WHERE room_id = ? AND seq = ? RETURNING sha256",
+            )
+            .bind(room_id)
+            .bind(to_i64(seq))
+            .fetch_all(&mut *conn)
+            .await?;
+            for sha in files {
+                let used: Option<i64> =
+                    sqlx::query_scalar("SELECT 1 FROM attachments WHERE sha256 = ? LIMIT 1")
+                        .bind(&sha)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                if used.is_none() {
+                    freed.push(sha);
+                }
+            }
             for table in ["reactions", "mentions"] {
                 sqlx::query(&format!(
                     "DELETE FROM {table} WHERE room_id = ? AND seq = ?"
@@ -951,7 +1041,7 @@ async fn apply(
             extra.count = Some(seq_of(count));
         }
     }
-    Ok(())
+    Ok(freed)
 }
 
 /// Stores an event at the room's next seq.
@@ -1039,6 +1129,7 @@ async fn create_room(
                 message: row.into(),
                 more: Vec::new(),
                 created: false,
+                freed: Vec::new(),
             });
         }
     }
@@ -1094,6 +1185,7 @@ async fn create_room(
             change: Change::None,
             target: None,
             reply_to: None,
+            attachment: None,
         };
         more.push(insert_event(conn, room_id, &invite, &Extra::default()).await?);
     }
@@ -1101,6 +1193,7 @@ async fn create_room(
         message,
         more,
         created: true,
+        freed: Vec::new(),
     })
 }
 
@@ -1268,6 +1361,108 @@ impl Store for SqliteStore {
         answer
             .await
             .map_err(|_| StoreError::Batch("the writer has stopped".into()))?
+    }
+
+    async fn search(
+        &self,
+        user: i64,
+        search: &Search,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>, StoreError> {
+        let Some(expr) = fts_query(&search.terms) else {
+            return Ok(Vec::new());
+        };
+        // The index is read newest first and stops at `limit`: rows the caller may not read or
+        // that the filters leave out are skipped on the way.
+        type HitRow = (
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            String,
+            Option<String>,
+            i64,
+            String,
+        );
+        let rows: Vec<HitRow> = sqlx::query_as(
+            "SELECT r.name, r.title, r.kind, m.seq, m.id, m.user, m.username, m.ts, \
+               snippet(messages_fts, 0, char(2), char(3), '…', 16) \
+             FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid \
+             JOIN rooms r ON r.id = m.room_id \
+             WHERE messages_fts MATCH ?1 AND messages_fts.rowid < ?2 \
+               AND (EXISTS (SELECT 1 FROM members me WHERE me.room_id = r.id AND me.user_id = ?3) \
+                    OR (r.visibility = 'public' AND r.kind = 'room')) \
+               AND (?4 IS NULL OR m.username = ?4) AND (?5 IS NULL OR r.name = ?5) \
+             ORDER BY messages_fts.rowid DESC LIMIT ?6",
+        )
+        .bind(&expr)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(user)
+        .bind(&search.from)
+        .bind(&search.room)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(room, title, kind, seq, id, user, username, ts, snippet)| SearchHit {
+                    room,
+                    // A DM's title lists its people; the page shows the others.
+                    room_title: if kind == "dm" {
+                        title
+                    } else {
+                        format!("#{title}")
+                    },
+                    seq: seq_of(seq),
+                    id,
+                    user,
+                    username,
+                    ts,
+                    snippet: snippet_parts(&snippet),
+                },
+            )
+            .collect())
+    }
+
+    async fn attachment(&self, id: &str) -> Result<Option<StoredAttachment>, StoreError> {
+        let row: Option<(String, String, String, i64, String)> = sqlx::query_as(
+            "SELECT r.name, a.sha256, a.name, a.size, a.mime FROM attachments a \
+             JOIN rooms r ON r.id = a.room_id WHERE a.id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.readers)
+        .await?;
+        Ok(
+            row.map(|(room, sha256, name, size, mime)| StoredAttachment {
+                room,
+                sha256,
+                name,
+                size: seq_of(size),
+                mime,
+            }),
+        )
+    }
+
+    async fn uploaded_bytes(&self, user: i64) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(size), 0) FROM attachments WHERE uploader_id = ?",
+        )
+        .bind(user)
+        .fetch_one(&self.readers)
+        .await?;
+        Ok(seq_of(n))
+    }
+
+    async fn blob_in_use(&self, sha256: &str) -> Result<bool, StoreError> {
+        let used: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM attachments WHERE sha256 = ? LIMIT 1")
+                .bind(sha256)
+                .fetch_optional(&self.readers)
+                .await?;
+        Ok(used.is_some())
     }
 
     fn commits(&self) -> CommitFeed {
