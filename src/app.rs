@@ -385,6 +385,10 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
         len
     });
 
+    // Opening a room the reader sees to its end reads it (after the scroll above is settled).
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |_| request_animation_frame(move || crate::client::seen(session)));
+
     // Only the reader's own upward scroll unpins the list: content growing under a pending
     // scroll-to-bottom must not count as "scrolled up".
     let last_top = StoredValue::new(0);

@@ -801,6 +801,12 @@ impl Connection {
                     "typing signals too fast for too long",
                 ));
             }
+            // A presence status is state: the latest must win, so it is applied even past the
+            // allowance (it only sets a value; the flush sends at most one change a second).
+            // Typing past it is dropped.
+            if let Input::Rich(frame @ Ok(ClientFrame::Presence { .. })) = input {
+                return self.on_rich(socket, frame).await;
+            }
             return Ok(());
         }
         let taken = self.rates.take(self.rate_key, input.cost());

@@ -712,6 +712,17 @@ async fn presence_follows_sessions_goes_to_room_mates_only_and_is_offline_at_onc
         },
     )
     .await;
+    // Typing first spends the signal allowance: the status that follows still counts.
+    for _ in 0..10 {
+        send(
+            &mut a,
+            &ClientFrame::Typing {
+                room: "general".into(),
+                stop: false,
+            },
+        )
+        .await;
+    }
     send(
         &mut a,
         &ClientFrame::Presence {
