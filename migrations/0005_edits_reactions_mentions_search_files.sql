@@ -65,7 +65,10 @@ CREATE VIRTUAL TABLE messages_fts USING fts5(
     body,
     content = 'message_texts',
     content_rowid = 'id',
-    tokenize = 'unicode61 remove_diacritics 2'
+    tokenize = 'unicode61 remove_diacritics 2',
+    -- Prefix indexes, so a word being typed (the last of a search matches as a prefix) is
+    -- looked up, not expanded over every word it starts.
+    prefix = '2 3'
 );
 CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages
     WHEN new.kind = 'message' AND new.deleted_at IS NULL

@@ -1,6 +1,6 @@
 import AxeBuilder from "@axe-core/playwright";
 import { expect, test, type Page } from "@playwright/test";
-import { signUp } from "./helpers";
+import { say, signUp } from "./helpers";
 
 /** Runs axe-core's WCAG 2.1 A and AA rules on the page as it is now. */
 async function violations(page: Page, what: string) {
@@ -22,12 +22,39 @@ for (const colorScheme of ["light", "dark"] as const) {
     }
     await signUp(page, "Axe");
     found.push(...(await violations(page, "chat")));
+    // A conversation with everything a message can carry: format, a mention, a reply with its
+    // quote, a reaction, a file, an edit, a deleted one; and the composer replying.
+    await say(page, "**bold**, `code`, https://example.com and a list:\n- one\n- two");
+    await say(page, "to be deleted");
+    await page.locator("li.msg", { hasText: "to be deleted" }).hover();
+    page.once("dialog", (d) => d.accept());
+    await page.locator("li.msg", { hasText: "to be deleted" }).getByRole("button", { name: "Delete" }).click();
+    await expect(page.locator("li.msg .tombstone")).toHaveCount(1);
+    const first = page.locator("li.msg", { hasText: "bold" });
+    await first.hover();
+    await first.getByRole("button", { name: "React" }).click();
+    await first.getByRole("group", { name: "Add a reaction" }).getByRole("button").first().click();
+    await expect(first.locator(".chip")).toHaveCount(1);
+    await first.hover();
+    await first.getByRole("button", { name: "Reply" }).click();
+    await say(page, "a reply");
+    await expect(page.locator("li.msg .quote")).toHaveCount(1);
+    await page.locator('input[type="file"]').setInputFiles({ name: "notes.txt", mimeType: "text/plain", buffer: Buffer.from("notes") });
+    await expect(page.locator("li.msg .attachment")).toHaveCount(1);
+    await page.locator("li.msg", { hasText: "a reply" }).hover();
+    await page.locator("li.msg", { hasText: "a reply" }).getByRole("button", { name: "Reply" }).click();
+    found.push(...(await violations(page, "conversation")));
+    await page.keyboard.press("Escape");
     await page.locator(".members-toggle").click();
     await expect(page.locator(".members li").first()).toBeVisible();
     found.push(...(await violations(page, "member list")));
-    for (const dialog of ["Create a room", "New message", "Browse rooms"]) {
+    for (const dialog of ["Create a room", "New message", "Browse rooms", "Search messages"]) {
       await page.getByRole("button", { name: dialog }).click();
       await expect(page.getByRole("dialog")).toBeVisible();
+      if (dialog === "Search messages") {
+        await page.getByRole("dialog").getByLabel("Search messages").fill("bold");
+        await expect(page.locator(".search-results .hit")).toHaveCount(1);
+      }
       found.push(...(await violations(page, dialog)));
       await page.keyboard.press("Escape");
     }

@@ -67,4 +67,6 @@ async fn the_curl_examples_in_docs_api_md_work() {
     assert!(history.contains("hello, design team"), "{history}");
     assert!(history.contains("🎉"), "{history}");
     assert!(history.contains(r#""deleted":true"#), "{history}");
+    // The file.
+    assert!(history.contains(r#""name":"notes.txt""#), "{history}");
 }

@@ -92,6 +92,20 @@ struct Args {
     /// With `--rooms`: how many rooms each client follows.
     #[arg(long, default_value_t = 20)]
     rooms_per_client: usize,
+    /// How many of the connections (the first ones, senders first) are accounts, each signed up
+    /// through the server's form before the run and connected with its session cookie (the rest
+    /// connect as `--token` or, without one, as guests in anonymous mode).
+    #[arg(long, default_value_t = 0)]
+    accounts: usize,
+    /// Seconds between the `typing` frames each sender sends while it sends (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    typing_every: f64,
+    /// How many accounts (after the senders) flap their presence, idle and active in turn.
+    #[arg(long, default_value_t = 0)]
+    flappers: usize,
+    /// Seconds between one flapper's changes.
+    #[arg(long, default_value_t = 5.0)]
+    flap_every: f64,
     /// PID of the server, to report its RSS per connection and CPU per delivery.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -157,7 +171,74 @@ fn room_for(args: &Args, sender: usize, n: u64) -> String {
     rooms.get(i).cloned().unwrap_or_else(|| args.room.clone())
 }
 
-async fn connect(args: &Args, c: usize) -> Result<Ws, String> {
+/// The host and port of the server, from its WebSocket URL.
+fn host_of(url: &str) -> Result<String, String> {
+    let rest = url.strip_prefix("ws://").ok_or("a ws:// URL is needed")?;
+    Ok(rest.split('/').next().unwrap_or(rest).to_owned())
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: the status and the `Set-Cookie` values.
+async fn exchange(host: &str, request: &str) -> Result<(u16, Vec<String>), String> {
+    let io = |e: std::io::Error| e.to_string();
+    let conn = TcpStream::connect(host).await.map_err(io)?;
+    let mut conn = BufReader::new(conn);
+    conn.get_mut().write_all(request.as_bytes()).await.map_err(io)?;
+    let mut line = String::new();
+    conn.read_line(&mut line).await.map_err(io)?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {line:?}"))?;
+    let mut cookies = Vec::new();
+    loop {
+        line.clear();
+        if conn.read_line(&mut line).await.map_err(io)? == 0 {
+            break;
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("set-cookie") {
+                cookies.push(value.trim().split(';').next().unwrap_or("").to_owned());
+            }
+        }
+    }
+    Ok((status, cookies))
+}
+
+/// Signs an account up through the server's own form, as a browser does; its session cookie.
+async fn sign_up(host: &str, username: &str) -> Result<String, String> {
+    let (_, cookies) = exchange(
+        host,
+        &format!("GET /signup HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    )
+    .await?;
+    let csrf = cookies
+        .iter()
+        .find_map(|c| c.strip_prefix("hubbub_csrf="))
+        .ok_or("no CSRF cookie")?
+        .to_owned();
+    let form = format!("username={username}&password=loadgen+password+{username}&csrf={csrf}");
+    let (status, cookies) = exchange(
+        host,
+        &format!(
+            "POST /auth/signup HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\n\
+             Cookie: hubbub_csrf={csrf}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{form}",
+            form.len()
+        ),
+    )
+    .await?;
+    cookies
+        .into_iter()
+        .find(|c| c.starts_with("hubbub_session="))
+        .ok_or_else(|| format!("sign-up of {username} answered {status} without a session"))
+}
+
+async fn connect(args: &Args, c: usize, session: Option<&str>) -> Result<Ws, String> {
     let mut req = args
         .url
         .as_str()
@@ -168,7 +249,13 @@ async fn connect(args: &Args, c: usize) -> Result<Ws, String> {
             "Sec-WebSocket-Protocol",
             HeaderValue::from_static("hubbub.v1"),
         );
-        if let Some(token) = &args.token {
+        if let Some(cookie) = session {
+            let host = host_of(&args.url)?;
+            let origin = HeaderValue::from_str(&format!("http://{host}")).map_err(|e| e.to_string())?;
+            req.headers_mut().insert("Origin", origin);
+            let value = HeaderValue::from_str(cookie).map_err(|e| e.to_string())?;
+            req.headers_mut().insert("Cookie", value);
+        } else if let Some(token) = &args.token {
             let value =
                 HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
             req.headers_mut().insert("Authorization", value);
@@ -437,9 +524,20 @@ async fn send(
     // Spread the senders over one period so they do not all fire at once.
     let offset = period.mul_f64(sender as f64 / args.senders.max(1) as f64);
     let run = std::process::id();
+    let mut typed_at: Option<Instant> = None;
     for n in 1..=total {
         let due = start + offset + period.mul_f64((n - 1) as f64);
         tokio::time::sleep_until(due.into()).await;
+        // Typing, as a person would while writing: every few seconds.
+        if args.typing_every > 0.0
+            && typed_at.is_none_or(|t| t.elapsed().as_secs_f64() >= args.typing_every)
+        {
+            typed_at = Some(Instant::now());
+            let typing = json!({"type": "typing", "room": room_for(&args, sender, n)});
+            if sink.send(Message::text(typing.to_string())).await.is_err() {
+                return;
+            }
+        }
         let due_us = due.duration_since(start).as_micros() as u64;
         let text = body(sender, n, due_us, args.size);
         if let Some(poster) = http.as_mut() {
@@ -499,6 +597,35 @@ async fn main() -> std::process::ExitCode {
     let last_arrival = Arc::new(LastArrival::new(args.senders, messages_per_sender(&args)));
     let before = args.server_pid.and_then(proc_stats);
 
+    // The accounts, signed up before anything is timed (a few at a time: each is a password
+    // hash on the server).
+    let mut sessions = Vec::with_capacity(args.accounts);
+    if args.accounts > 0 {
+        let host = match host_of(&args.url) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("hubbub-loadgen: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        let run = std::process::id();
+        for chunk in (0..args.accounts).collect::<Vec<_>>().chunks(4) {
+            let batch = chunk.iter().map(|i| {
+                let (host, name) = (host.clone(), format!("lg{run}x{i}"));
+                async move { sign_up(&host, &name).await }
+            });
+            for r in futures_util::future::join_all(batch).await {
+                match r {
+                    Ok(s) => sessions.push(s),
+                    Err(e) => {
+                        eprintln!("hubbub-loadgen: {e}");
+                        return std::process::ExitCode::FAILURE;
+                    }
+                }
+            }
+        }
+    }
+
     // Connect everyone, a batch at a time.
     let mut sockets = Vec::with_capacity(args.clients);
     let mut handshakes = Vec::with_capacity(args.clients);
@@ -509,9 +636,10 @@ async fn main() -> std::process::ExitCode {
         let batch = (0..n).map(|i| {
             let args = Arc::clone(&args);
             let c = chunk_start + i;
+            let session = sessions.get(c).cloned();
             async move {
                 let t = Instant::now();
-                let ws = connect(&args, c).await;
+                let ws = connect(&args, c, session.as_deref()).await;
                 (ws, t.elapsed())
             }
         });
@@ -575,6 +703,24 @@ async fn main() -> std::process::ExitCode {
                 Arc::clone(&expected_count),
                 Arc::clone(&members),
             )));
+        } else if i < args.senders + args.flappers && i < args.accounts {
+            // A flapper: idle, active, idle, … as a person leaving and coming back to the tab.
+            let every = Duration::from_secs_f64(args.flap_every.max(0.1));
+            let offset = every.mul_f64((i % 97) as f64 / 97.0);
+            writers.push(tokio::spawn(async move {
+                let mut sink = sink;
+                let mut idle = true;
+                tokio::time::sleep(offset).await;
+                loop {
+                    let status = if idle { "idle" } else { "active" };
+                    let frame = json!({"type": "presence", "status": status}).to_string();
+                    if sink.send(Message::text(frame)).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                    idle = !idle;
+                    tokio::time::sleep(every).await;
+                }
+            }));
         } else {
             // Receivers keep their sink so the connection stays open.
             writers.push(tokio::spawn(async move {
@@ -710,6 +856,10 @@ async fn main() -> std::process::ExitCode {
             "rss_per_connection_kib": rss_per_conn_kib,
             "server_rss_kib": {"before": before.map(|b| b.0), "idle": idle.map(|i| i.0), "after": after.map(|x| x.0)},
             "cpu_us_per_delivery": cpu_us_per_delivery,
+            "accounts": args.accounts,
+            "typing_every": args.typing_every,
+            "flappers": args.flappers,
+            "flap_every": args.flap_every,
         });
         println!("{report}");
     }
