@@ -24,25 +24,29 @@ for (const colorScheme of ["light", "dark"] as const) {
     found.push(...(await violations(page, "chat")));
     // A conversation with everything a message can carry: format, a mention, a reply with its
     // quote, a reaction, a file, an edit, a deleted one; and the composer replying.
-    await say(page, "**bold**, `code`, https://example.com and a list:\n- one\n- two");
-    await say(page, "to be deleted");
-    await page.locator("li.msg", { hasText: "to be deleted" }).hover();
+    const tag = `${colorScheme} ${Date.now()}`;
+    await say(page, `**bold**, \`code\`, https://example.com ${tag} and a list:\n- one\n- two`);
+    await say(page, `to be deleted ${tag}`);
+    const gone = page.locator("li.msg", { hasText: `to be deleted ${tag}` });
+    await gone.hover();
     page.once("dialog", (d) => d.accept());
-    await page.locator("li.msg", { hasText: "to be deleted" }).getByRole("button", { name: "Delete" }).click();
-    await expect(page.locator("li.msg .tombstone")).toHaveCount(1);
-    const first = page.locator("li.msg", { hasText: "bold" });
+    await gone.getByRole("button", { name: "Delete" }).click();
+    await expect(gone).toHaveCount(0);
+    const first = page.locator("li.msg", { hasText: `https://example.com ${tag}` });
     await first.hover();
     await first.getByRole("button", { name: "React" }).click();
     await first.getByRole("group", { name: "Add a reaction" }).getByRole("button").first().click();
     await expect(first.locator(".chip")).toHaveCount(1);
     await first.hover();
     await first.getByRole("button", { name: "Reply" }).click();
-    await say(page, "a reply");
-    await expect(page.locator("li.msg .quote")).toHaveCount(1);
-    await page.locator('input[type="file"]').setInputFiles({ name: "notes.txt", mimeType: "text/plain", buffer: Buffer.from("notes") });
-    await expect(page.locator("li.msg .attachment")).toHaveCount(1);
-    await page.locator("li.msg", { hasText: "a reply" }).hover();
-    await page.locator("li.msg", { hasText: "a reply" }).getByRole("button", { name: "Reply" }).click();
+    await say(page, `a reply ${tag}`);
+    const reply = page.locator("li.msg", { hasText: `a reply ${tag}` });
+    await expect(reply.locator(".quote")).toHaveCount(1);
+    const file = `notes-${colorScheme}.txt`;
+    await page.locator('input[type="file"]').setInputFiles({ name: file, mimeType: "text/plain", buffer: Buffer.from("notes") });
+    await expect(page.locator("li.msg .attachment", { hasText: file })).toHaveCount(1);
+    await reply.hover();
+    await reply.getByRole("button", { name: "Reply" }).click();
     found.push(...(await violations(page, "conversation")));
     await page.keyboard.press("Escape");
     await page.locator(".members-toggle").click();
@@ -52,7 +56,7 @@ for (const colorScheme of ["light", "dark"] as const) {
       await page.getByRole("button", { name: dialog }).click();
       await expect(page.getByRole("dialog")).toBeVisible();
       if (dialog === "Search messages") {
-        await page.getByRole("dialog").getByLabel("Search messages").fill("bold");
+        await page.getByRole("dialog").getByLabel("Search messages").fill(`"a reply ${tag}"`);
         await expect(page.locator(".search-results .hit")).toHaveCount(1);
       }
       found.push(...(await violations(page, dialog)));

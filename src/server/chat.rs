@@ -318,9 +318,16 @@ impl Chat {
     }
 
     /// Tells the room's other sessions that `user` is typing there, or stopped; nothing is
-    /// stored. Rooms with more members than the limit get no typing at all. The caller has
-    /// checked that the session follows the room.
+    /// stored. Rooms with more members than the limit get no typing at all, and a room the user
+    /// may not post in gets none of theirs. The caller has checked that the session follows the
+    /// room.
     pub async fn typing(&self, user: &User, room: &str, stop: bool) -> Result<(), ChatError> {
+        // Only those who may post there type there (not a public room followed as a preview).
+        match self.authorize(Some(user), room, Action::Post).await {
+            Ok(_) => {}
+            Err(ChatError::Store(e)) => return Err(ChatError::Store(e)),
+            Err(_) => return Ok(()),
+        }
         if self.room_size(room).await? > self.limits.typing_max_members {
             return Ok(());
         }
