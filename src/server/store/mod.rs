@@ -2,6 +2,7 @@
 //! database can be added beside SQLite without touching them.
 
 mod feed;
+mod rows;
 mod sqlite;
 
 pub use feed::{CommitFeed, FeedError, FeedSender, COMMIT_FEED_BYTES, COMMIT_FEED_LEN};

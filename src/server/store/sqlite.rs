@@ -8,9 +8,10 @@ use super::{
     ReadState, RoomAccess, Search, Store, StoreError, StoredAttachment, Term, TokenInfo, User,
 };
 use crate::protocol::api::{SearchHit, Snippet};
-use crate::protocol::{
-    self, Attachment, ChatMessage, EventKind, MemberInfo, Quote, Reaction, RoomInfo, RoomKind,
-    Visibility,
+use crate::protocol::{self, Attachment, ChatMessage, EventKind, MemberInfo, Quote, RoomInfo};
+use super::rows::{
+    add_reactions, ids_of, ids_text, kind_str, reaction_bounds, seq_of, to_i64, visibility_str, Row,
+    RoomRow, UserRow,
 };
 use crate::server::faults;
 use crate::server::tasks::{panic_message, Tasks};
@@ -42,53 +43,6 @@ pub struct SqliteStore {
     appends: mpsc::Sender<PendingAppend>,
     /// What the group-commit task committed, in order.
     commits: FeedSender,
-}
-
-#[derive(sqlx::FromRow)]
-struct Row {
-    id: i64,
-    room_id: i64,
-    room: String,
-    seq: i64,
-    client_id: String,
-    kind: String,
-    user: String,
-    user_id: Option<i64>,
-    username: Option<String>,
-    guest: bool,
-    body: String,
-    member: Option<String>,
-    ts: i64,
-    target: Option<i64>,
-    reply_to: Option<i64>,
-    edited_at: Option<i64>,
-    deleted: bool,
-    mentions: String,
-    count: Option<i64>,
-    /// The message a reply answers, as it is now.
-    q_user: Option<String>,
-    q_username: Option<String>,
-    q_body: Option<String>,
-    q_deleted: Option<bool>,
-    attachment: Option<String>,
-    a_name: Option<String>,
-    a_size: Option<i64>,
-    a_mime: Option<String>,
-    a_width: Option<i64>,
-    a_height: Option<i64>,
-}
-
-fn seq_of(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or_default()
-}
-
-/// A comma-separated list of ids, as the `mentions` column keeps it.
-fn ids_of(list: &str) -> Vec<i64> {
-    list.split(',').filter_map(|s| s.parse().ok()).collect()
-}
-
-fn ids_text(ids: &[i64]) -> String {
-    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// The FTS5 expression of a search: every word and phrase quoted (so nothing a user types is
@@ -135,13 +89,7 @@ async fn messages_of(
     conn: &mut sqlx::SqliteConnection,
     rows: Vec<Row>,
 ) -> Result<Vec<ChatMessage>, StoreError> {
-    let bounds = rows
-        .iter()
-        .filter(|r| r.kind == "message" && !r.deleted)
-        .fold(None, |b: Option<(i64, i64, i64)>, r| match b {
-            None => Some((r.room_id, r.seq, r.seq)),
-            Some((room, lo, hi)) => Some((room, lo.min(r.seq), hi.max(r.seq))),
-        });
+    let bounds = reaction_bounds(&rows);
     let mut out: Vec<ChatMessage> = rows.into_iter().map(ChatMessage::from).collect();
     let Some((room_id, lo, hi)) = bounds else {
         return Ok(out);
@@ -155,79 +103,8 @@ async fn messages_of(
     .bind(hi)
     .fetch_all(&mut *conn)
     .await?;
-    for (seq, emoji, username) in given {
-        let Some(m) = out
-            .iter_mut()
-            .find(|m| m.seq == seq_of(seq) && m.is_message())
-        else {
-            continue;
-        };
-        let at = match m.reactions.iter().position(|r| r.emoji == emoji) {
-            Some(at) => at,
-            None => {
-                m.reactions.push(Reaction {
-                    emoji,
-                    ..Default::default()
-                });
-                m.reactions.len() - 1
-            }
-        };
-        let r = &mut m.reactions[at];
-        r.count += 1;
-        if r.users.len() < protocol::REACTION_NAMES {
-            r.users.push(username);
-        }
-    }
+    add_reactions(&mut out, given);
     Ok(out)
-}
-
-impl From<Row> for ChatMessage {
-    fn from(r: Row) -> Self {
-        let reply = r.reply_to.and(r.q_user).map(|user| {
-            let deleted = r.q_deleted.unwrap_or(false);
-            Quote {
-                user,
-                username: r.q_username,
-                body: if deleted {
-                    String::new()
-                } else {
-                    protocol::quote_of(r.q_body.as_deref().unwrap_or(""))
-                },
-                deleted,
-            }
-        });
-        let attachment = r.attachment.map(|id| Attachment {
-            id,
-            name: r.a_name.unwrap_or_default(),
-            size: u64::try_from(r.a_size.unwrap_or_default()).unwrap_or_default(),
-            mime: r.a_mime.unwrap_or_default(),
-            width: r.a_width.and_then(|w| u32::try_from(w).ok()),
-            height: r.a_height.and_then(|h| u32::try_from(h).ok()),
-        });
-        ChatMessage {
-            room: r.room,
-            seq: seq_of(r.seq),
-            id: r.id,
-            client_id: r.client_id,
-            kind: EventKind::parse(&r.kind),
-            user: r.user,
-            user_id: r.user_id,
-            username: r.username,
-            guest: r.guest,
-            body: r.body,
-            member: r.member,
-            ts: r.ts,
-            target: r.target.map(seq_of),
-            reply_to: r.reply_to.map(seq_of),
-            reply,
-            edited: r.edited_at,
-            deleted: r.deleted,
-            mentions: ids_of(&r.mentions),
-            count: r.count.map(seq_of),
-            attachment,
-            ..Default::default()
-        }
-    }
 }
 
 const SELECT: &str = "SELECT m.id, m.room_id, r.name AS room, m.seq, m.client_id, m.kind, m.user, m.user_id, \
@@ -240,26 +117,6 @@ const SELECT: &str = "SELECT m.id, m.room_id, r.name AS room, m.seq, m.client_id
      FROM messages m JOIN rooms r ON r.id = m.room_id \
      LEFT JOIN messages q ON m.reply_to IS NOT NULL AND q.room_id = m.room_id AND q.seq = m.reply_to \
      LEFT JOIN attachments a ON m.kind = 'message' AND a.room_id = m.room_id AND a.seq = m.seq";
-
-/// A room with the caller's membership, as `room_access`, `rooms_of` and `public_rooms` read it.
-#[derive(sqlx::FromRow)]
-struct RoomRow {
-    name: String,
-    title: String,
-    topic: String,
-    kind: String,
-    visibility: String,
-    head_seq: i64,
-    owner_id: Option<i64>,
-    owner: Option<String>,
-    archived: bool,
-    members: i64,
-    role: Option<String>,
-    last_read: Option<i64>,
-    unread: i64,
-    mentions: i64,
-    people: Option<String>,
-}
 
 /// Selects [`RoomRow`]s for the user bound first; the caller adds `WHERE` and `ORDER BY`.
 const ROOM_SELECT: &str = "SELECT r.name, r.title, r.topic, r.kind, r.visibility, r.head_seq, \
@@ -283,69 +140,6 @@ const ACCESS_SELECT: &str = "SELECT r.name, r.title, r.topic, r.kind, r.visibili
      r.owner_id, NULL AS owner, r.archived_at IS NOT NULL AS archived, 0 AS members, \
      me.role, me.last_read, 0 AS unread, 0 AS mentions, NULL AS people \
      FROM rooms r LEFT JOIN members me ON me.room_id = r.id AND me.user_id = ?";
-
-impl RoomRow {
-    fn access(self) -> RoomAccess {
-        let owner_id = self.owner_id;
-        let role = self.role.clone();
-        RoomAccess {
-            info: self.info(),
-            owner_id,
-            role,
-        }
-    }
-
-    fn info(self) -> RoomInfo {
-        RoomInfo {
-            name: self.name,
-            title: self.title,
-            topic: self.topic,
-            kind: if self.kind == "dm" {
-                RoomKind::Dm
-            } else {
-                RoomKind::Room
-            },
-            visibility: if self.visibility == "private" {
-                Visibility::Private
-            } else {
-                Visibility::Public
-            },
-            members: u64::try_from(self.members).unwrap_or_default(),
-            head: u64::try_from(self.head_seq).unwrap_or_default(),
-            owner: self.owner,
-            archived: self.archived,
-            member: self.role.is_some(),
-            last_read: self
-                .last_read
-                .and_then(|r| u64::try_from(r).ok())
-                .unwrap_or_default(),
-            unread: u64::try_from(self.unread).unwrap_or_default(),
-            mentions: u64::try_from(self.mentions).unwrap_or_default(),
-            people: self
-                .people
-                .map(|p| p.split(',').map(str::to_owned).collect())
-                .unwrap_or_default(),
-        }
-    }
-}
-
-fn kind_str(k: RoomKind) -> &'static str {
-    match k {
-        RoomKind::Room => "room",
-        RoomKind::Dm => "dm",
-    }
-}
-
-fn visibility_str(v: Visibility) -> &'static str {
-    match v {
-        Visibility::Public => "public",
-        Visibility::Private => "private",
-    }
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -1532,25 +1326,6 @@ impl Store for SqliteStore {
         let mut out = messages_of(&mut conn, rows).await?;
         out.reverse();
         Ok(out)
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct UserRow {
-    id: i64,
-    username: String,
-    display_name: String,
-    is_admin: bool,
-}
-
-impl From<UserRow> for User {
-    fn from(r: UserRow) -> Self {
-        User {
-            id: r.id,
-            username: r.username,
-            display_name: r.display_name,
-            is_admin: r.is_admin,
-        }
     }
 }
 
