@@ -250,7 +250,7 @@ pub async fn download(
         })
         .collect();
     let disposition = format!("{disposition}; filename*=UTF-8''{encoded}");
-    let mut resp = Body::from_stream(tokio_util::io::ReaderStream::new(file)).into_response();
+    let mut resp = Body::from_stream(file).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(a.size));

@@ -17,6 +17,21 @@ pub struct Config {
     #[arg(long, env = "HUBBUB_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
 
+    /// Where history, accounts and files are kept: `sqlite://PATH` (one file; the default is
+    /// `hubbub.sqlite3` in --data-dir) or `postgres://USER@HOST[:PORT]/DATABASE`, one database
+    /// that every node of a cluster shares (files are kept in it too).
+    #[arg(long, env = "HUBBUB_DATABASE_URL", value_parser = parse_database)]
+    pub database: Option<Database>,
+
+    /// The bus between the nodes of a cluster: `nats://HOST[:PORT]`. Every node of a cluster
+    /// needs it (and the same --database); one node needs neither.
+    #[arg(long, env = "HUBBUB_BUS_URL", value_parser = parse_bus)]
+    pub bus: Option<String>,
+
+    /// This node's name in logs and on the bus [default: the host name and process id].
+    #[arg(long, env = "HUBBUB_NODE_NAME")]
+    pub node_name: Option<String>,
+
     /// Log filter, in `tracing` syntax (for example `info` or `hubbub=debug,info`).
     #[arg(long, env = "HUBBUB_LOG", default_value = "info")]
     pub log: String,
@@ -159,6 +174,44 @@ pub struct Config {
     pub idle_after: Duration,
 }
 
+/// Where the data lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, by its URL.
+    Postgres(String),
+}
+
+/// Parses `sqlite://PATH` (also `sqlite:PATH`) or `postgres://…` (also `postgresql://…`).
+pub fn parse_database(s: &str) -> Result<Database, String> {
+    let s = s.trim();
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        return Ok(Database::Postgres(s.to_owned()));
+    }
+    if let Some(path) = s
+        .strip_prefix("sqlite://")
+        .or_else(|| s.strip_prefix("sqlite:"))
+    {
+        if path.is_empty() {
+            return Err("sqlite:// needs a file path, as in sqlite://data/hubbub.sqlite3".into());
+        }
+        return Ok(Database::Sqlite(PathBuf::from(path)));
+    }
+    Err(format!(
+        "{s:?}: a database URL starts with sqlite:// or postgres://"
+    ))
+}
+
+/// Checks a bus URL: `nats://HOST[:PORT]`.
+pub fn parse_bus(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    match s.strip_prefix("nats://") {
+        Some(rest) if !rest.is_empty() => Ok(s.to_owned()),
+        _ => Err(format!("{s:?}: the bus URL must be nats://HOST[:PORT]")),
+    }
+}
+
 /// A time limit that may be switched off with `0`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window(pub Option<Duration>);
@@ -277,6 +330,26 @@ mod tests {
             Ok(Window(Some(Duration::from_secs(900))))
         );
         assert!(parse_window("-1").is_err());
+    }
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(
+            parse_database("sqlite://data/x.db"),
+            Ok(Database::Sqlite("data/x.db".into()))
+        );
+        assert_eq!(
+            parse_database("sqlite:///var/lib/hubbub/x.db"),
+            Ok(Database::Sqlite("/var/lib/hubbub/x.db".into()))
+        );
+        assert_eq!(
+            parse_database("postgres://hubbub@db/hubbub"),
+            Ok(Database::Postgres("postgres://hubbub@db/hubbub".into()))
+        );
+        assert!(parse_database("mysql://x").is_err());
+        assert!(parse_database("sqlite://").is_err());
+        assert!(parse_bus("nats://127.0.0.1:4222").is_ok());
+        assert!(parse_bus("redis://127.0.0.1").is_err());
     }
 
     #[test]

@@ -3,7 +3,15 @@
 //! claimed).
 
 use async_trait::async_trait;
+use axum::body::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use sqlx::PgPool;
 use std::path::{Path, PathBuf};
+use tokio::io::AsyncReadExt;
+
+/// A blob's bytes as they are read, in pieces.
+pub type BlobBytes = BoxStream<'static, std::io::Result<Bytes>>;
 
 /// Where attachments' bytes are kept, each under its SHA-256 (hex).
 #[async_trait]
@@ -14,7 +22,7 @@ pub trait BlobStore: Send + Sync + 'static {
     /// with that digest already kept is the same bytes, and the new copy is dropped.
     async fn keep(&self, written: &Path, sha256: &str) -> std::io::Result<()>;
     /// The blob, to read.
-    async fn open(&self, sha256: &str) -> std::io::Result<Option<tokio::fs::File>>;
+    async fn open(&self, sha256: &str) -> std::io::Result<Option<BlobBytes>>;
     /// Forgets the blob (nothing refers to it any more).
     async fn delete(&self, sha256: &str) -> std::io::Result<()>;
 }
@@ -59,12 +67,12 @@ impl BlobStore for DirBlobs {
         tokio::fs::rename(written, &path).await
     }
 
-    async fn open(&self, sha256: &str) -> std::io::Result<Option<tokio::fs::File>> {
+    async fn open(&self, sha256: &str) -> std::io::Result<Option<BlobBytes>> {
         let Some(path) = self.path(sha256) else {
             return Ok(None);
         };
         match tokio::fs::File::open(path).await {
-            Ok(f) => Ok(Some(f)),
+            Ok(f) => Ok(Some(tokio_util::io::ReaderStream::new(f).boxed())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -78,6 +86,123 @@ impl BlobStore for DirBlobs {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+/// Bytes of one row of a blob kept in PostgreSQL.
+const CHUNK: usize = 1 << 20;
+
+/// The blob store of a cluster: blobs in the shared PostgreSQL database, in rows of
+/// [`CHUNK`] bytes, so that every node serves every file with nothing shared but the database
+/// (and a backup of it holds the files). Uploads are still streamed to a local scratch file
+/// first, while their digest is worked out.
+pub struct PgBlobs {
+    pool: PgPool,
+    scratch: PathBuf,
+}
+
+impl PgBlobs {
+    pub fn new(pool: PgPool, data_dir: &Path) -> std::io::Result<Self> {
+        let scratch = data_dir.join("blobs").join("incoming");
+        std::fs::create_dir_all(&scratch)?;
+        Ok(PgBlobs { pool, scratch })
+    }
+}
+
+fn db_error(e: sqlx::Error) -> std::io::Error {
+    std::io::Error::other(e)
+}
+
+#[async_trait]
+impl BlobStore for PgBlobs {
+    fn scratch(&self) -> PathBuf {
+        self.scratch.join(uuid::Uuid::now_v7().to_string())
+    }
+
+    async fn keep(&self, written: &Path, sha256: &str) -> std::io::Result<()> {
+        let kept = async {
+            let mut tx = self.pool.begin().await.map_err(db_error)?;
+            // One writer per digest at a time; a blob already kept is the same bytes.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                .bind(sha256)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            let known: Option<i32> =
+                sqlx::query_scalar("SELECT n FROM blob_chunks WHERE sha256 = $1 AND n = 0")
+                    .bind(sha256)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+            if known.is_none() {
+                let mut file = tokio::fs::File::open(written).await?;
+                let mut n = 0i32;
+                loop {
+                    let mut buf = Vec::with_capacity(CHUNK);
+                    (&mut file).take(CHUNK as u64).read_to_end(&mut buf).await?;
+                    if buf.is_empty() && n > 0 {
+                        break;
+                    }
+                    sqlx::query("INSERT INTO blob_chunks (sha256, n, data) VALUES ($1, $2, $3)")
+                        .bind(sha256)
+                        .bind(n)
+                        .bind(&buf)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_error)?;
+                    if buf.len() < CHUNK {
+                        break;
+                    }
+                    n += 1;
+                }
+            }
+            tx.commit().await.map_err(db_error)
+        }
+        .await;
+        let _ = tokio::fs::remove_file(written).await;
+        kept
+    }
+
+    async fn open(&self, sha256: &str) -> std::io::Result<Option<BlobBytes>> {
+        let first: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT data FROM blob_chunks WHERE sha256 = $1 AND n = 0")
+                .bind(sha256)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
+        let Some(first) = first else {
+            return Ok(None);
+        };
+        // The rest one row at a time, as the response is written: a large file is never
+        // held whole.
+        let (pool, sha) = (self.pool.clone(), sha256.to_owned());
+        let rest = futures_util::stream::try_unfold(1i32, move |n| {
+            let (pool, sha) = (pool.clone(), sha.clone());
+            async move {
+                let data: Option<Vec<u8>> =
+                    sqlx::query_scalar("SELECT data FROM blob_chunks WHERE sha256 = $1 AND n = $2")
+                        .bind(&sha)
+                        .bind(n)
+                        .fetch_optional(&pool)
+                        .await
+                        .map_err(db_error)?;
+                Ok(data.map(|d| (Bytes::from(d), n + 1)))
+            }
+        });
+        Ok(Some(
+            futures_util::stream::once(async move { Ok(Bytes::from(first)) })
+                .chain(rest)
+                .boxed(),
+        ))
+    }
+
+    async fn delete(&self, sha256: &str) -> std::io::Result<()> {
+        sqlx::query("DELETE FROM blob_chunks WHERE sha256 = $1")
+            .bind(sha256)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
     }
 }
 

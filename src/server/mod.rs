@@ -143,15 +143,14 @@ impl AppState {
     /// Opens storage and builds the state for `config`, starting the background tasks.
     pub async fn new(config: &Config, leptos_options: LeptosOptions) -> Result<Self, ServerError> {
         let tasks = tasks::Tasks::default();
-        let store =
-            Arc::new(store::SqliteStore::open_supervised(&config.data_dir, tasks.clone()).await?);
+        let (store, accounts, blobs) = open_storage(config, &tasks).await?;
         if config.allow_anonymous {
             tracing::warn!(
                 "ANONYMOUS MODE: anyone who can reach this server can read and post in the default room without an account"
             );
         }
         let mut auth = auth::Auth::new(
-            store.clone(),
+            accounts,
             config.allow_anonymous,
             config.allowed_origins.clone(),
             config.secure_cookies || config.tls_cert.is_some(),
@@ -172,7 +171,7 @@ impl AppState {
             leptos_options,
             chat: chat::Chat::with_limits(
                 store,
-                Arc::new(files::DirBlobs::new(&config.data_dir)?),
+                blobs,
                 hub::Hub::new(config.queue_len, config.queue_bytes),
                 tasks.clone(),
                 chat::RoomLimits {
@@ -207,6 +206,62 @@ impl AppState {
                 quota: config.upload_quota,
             },
         })
+    }
+}
+
+/// The stores `config` names: SQLite (the default, a file in the data directory, files beside
+/// it) or PostgreSQL (history, accounts and files all in the database every node shares).
+async fn open_storage(
+    config: &Config,
+    tasks: &tasks::Tasks,
+) -> Result<
+    (
+        store::DynStore,
+        store::DynAccounts,
+        Arc<dyn files::BlobStore>,
+    ),
+    ServerError,
+> {
+    use config::Database;
+    let sqlite = |store: store::SqliteStore| -> Result<_, ServerError> {
+        let store = Arc::new(store);
+        let blobs: Arc<dyn files::BlobStore> = Arc::new(files::DirBlobs::new(&config.data_dir)?);
+        Ok((
+            store.clone() as store::DynStore,
+            store as store::DynAccounts,
+            blobs,
+        ))
+    };
+    match &config.database {
+        None => sqlite(store::SqliteStore::open_supervised(&config.data_dir, tasks.clone()).await?),
+        Some(Database::Sqlite(path)) => {
+            sqlite(store::SqliteStore::open_file(path, tasks.clone()).await?)
+        }
+        Some(Database::Postgres(url)) => {
+            let store = Arc::new(store::PgStore::connect(url, tasks.clone()).await?);
+            let blobs: Arc<dyn files::BlobStore> =
+                Arc::new(files::PgBlobs::new(store.pool(), &config.data_dir)?);
+            tracing::info!(database = %redact_url(url), "storage: PostgreSQL");
+            Ok((
+                store.clone() as store::DynStore,
+                store as store::DynAccounts,
+                blobs,
+            ))
+        }
+    }
+}
+
+/// A database URL without its password, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
     }
 }
 

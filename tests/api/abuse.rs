@@ -768,17 +768,6 @@ async fn sockets_and_http_posts_of_one_account_share_one_budget() {
     );
 }
 
-/// An open connection to the database of a running server, as an operator would have.
-async fn db(dir: &std::path::Path) -> sqlx::SqliteConnection {
-    use sqlx::Connection;
-    sqlx::SqliteConnection::connect(&format!(
-        "sqlite://{}",
-        dir.join("hubbub.sqlite3").display()
-    ))
-    .await
-    .expect("db")
-}
-
 #[tokio::test]
 async fn a_socket_closes_when_its_credential_ends_without_a_notice() {
     let app = spawn_app_with(|c| {
@@ -794,11 +783,10 @@ async fn a_socket_closes_when_its_credential_ends_without_a_notice() {
         .expect("token socket");
     hello(&mut ws, 0).await;
     // The token is revoked behind the server's back: no notice reaches the socket.
-    let mut conn = db(app.dir.path()).await;
-    sqlx::query("UPDATE api_tokens SET revoked_at = 1")
-        .execute(&mut conn)
+    app.db()
         .await
-        .expect("revoke");
+        .execute("UPDATE api_tokens SET revoked_at = 1")
+        .await;
     let t = Instant::now();
     assert_eq!(close_code(&mut ws).await, 4001);
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
@@ -828,21 +816,19 @@ async fn sockets_close_when_their_session_expires_and_expired_sessions_are_purge
     let mut app = app;
     app.stop();
     let _ = tokio::time::timeout(WAIT, &mut app.handle).await;
-    let count = |n: &str| format!("SELECT COUNT(*) FROM {n}");
-    let mut conn = db(dir.path()).await;
-    let before: i64 = sqlx::query_scalar(&count("sessions"))
-        .fetch_one(&mut conn)
-        .await
-        .expect("q");
+    let db = app.db().await;
+    let before = db.int("SELECT COUNT(*) FROM sessions").await;
     assert_eq!(before, 1, "expired, still stored");
     // The next start purges it.
-    let again = spawn_app_with(|c| c.data_dir = dir.path().to_owned()).await;
+    let database = app.database.clone();
+    let again = spawn_app_with(|c| {
+        c.data_dir = dir.path().to_owned();
+        c.database = database;
+    })
+    .await;
     let mut purged = false;
     for _ in 0..50 {
-        let n: i64 = sqlx::query_scalar(&count("sessions"))
-            .fetch_one(&mut conn)
-            .await
-            .expect("q");
+        let n = db.int("SELECT COUNT(*) FROM sessions").await;
         if n == 0 {
             purged = true;
             break;

@@ -4,18 +4,7 @@ use crate::helpers::*;
 use hubbub::protocol::ServerFrame;
 use hubbub::protocol::{Joined, Welcome};
 use serde_json::json;
-use sqlx::Connection;
 use std::time::Duration;
-
-async fn db(app: &TestApp) -> sqlx::SqliteConnection {
-    let url = format!(
-        "sqlite://{}",
-        app.dir.path().join("hubbub.sqlite3").display()
-    );
-    sqlx::SqliteConnection::connect(&url)
-        .await
-        .expect("open db")
-}
 
 #[tokio::test]
 async fn without_credentials_there_is_no_socket_and_no_api() {
@@ -153,16 +142,17 @@ async fn tokens_authenticate_without_origin_and_bad_ones_get_401() {
     );
     // Expired.
     let expired = app.token(&bob, "old").await;
-    sqlx::query("UPDATE api_tokens SET expires_at = 0 WHERE name = 'old'")
-        .execute(&mut db(&app).await)
+    app.db()
         .await
-        .expect("expire");
+        .execute("UPDATE api_tokens SET expires_at = 0 WHERE name = 'old'")
+        .await;
     assert_eq!(app.upgrade(&bearer(&expired)).await.err(), Some(401));
     // Stored only as a digest.
-    let stored: Vec<String> = sqlx::query_scalar("SELECT token_hash FROM api_tokens")
-        .fetch_all(&mut db(&app).await)
+    let stored = app
+        .db()
         .await
-        .expect("hashes");
+        .strings("SELECT token_hash FROM api_tokens")
+        .await;
     assert!(stored.iter().all(|h| h.len() == 64 && !h.contains(&token)));
 }
 
@@ -176,10 +166,11 @@ async fn revoking_a_token_closes_its_open_socket() {
         .await
         .expect("upgrade");
     hello(&mut ws, 0).await;
-    let id: i64 = sqlx::query_scalar("SELECT id FROM api_tokens WHERE name = 'bot'")
-        .fetch_one(&mut db(&app).await)
+    let id = app
+        .db()
         .await
-        .expect("id");
+        .int("SELECT id FROM api_tokens WHERE name = 'bot'")
+        .await;
     let resp = app
         .form(
             &bob.http,
@@ -264,11 +255,12 @@ async fn passwords_are_argon2id_and_cookies_carry_the_right_flags() {
         assert!(flags.contains(flag), "{flag} in {flags}");
     }
     assert!(!flags.contains("Secure"), "not Secure without TLS: {flags}");
-    let hash: String =
-        sqlx::query_scalar("SELECT password_hash FROM users WHERE username = 'cleo'")
-            .fetch_one(&mut db(&app).await)
-            .await
-            .expect("hash");
+    let hash = app
+        .db()
+        .await
+        .strings("SELECT password_hash FROM users WHERE username = 'cleo'")
+        .await
+        .remove(0);
     assert!(
         hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
         "{hash}"

@@ -3,6 +3,7 @@
 use futures_util::{SinkExt, StreamExt};
 use hubbub::protocol::{Ack, Joined, Welcome};
 use hubbub::protocol::{ChatMessage, ClientFrame, ServerFrame, SUBPROTOCOL};
+use hubbub::server::store::scratch::ScratchDb;
 use hubbub::server::{self, config, Config};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -26,6 +27,49 @@ pub struct TestApp {
     stop: Option<oneshot::Sender<()>>,
     pub handle: JoinHandle<Result<(), server::ServerError>>,
     pub dir: tempfile::TempDir,
+    /// The database, when the suite runs on PostgreSQL (`HUBBUB_TEST_DATABASE=postgres`).
+    _db: Option<ScratchDb>,
+    /// The database it was given (`None`: SQLite in `dir`).
+    pub database: Option<config::Database>,
+    /// Its data directory (`dir` unless the test gave another).
+    pub data_dir: std::path::PathBuf,
+}
+
+/// The database of a running server, opened beside it as an operator would.
+pub enum Db {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Db {
+    pub async fn execute(&self, sql: &str) {
+        match self {
+            Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+            Db::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+        }
+        .expect(sql);
+    }
+
+    pub async fn int(&self, sql: &str) -> i64 {
+        match self {
+            Db::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+            Db::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+        }
+        .expect(sql)
+    }
+
+    pub async fn strings(&self, sql: &str) -> Vec<String> {
+        match self {
+            Db::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await,
+            Db::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await,
+        }
+        .expect(sql)
+    }
+}
+
+/// Whether this run of the suite is on PostgreSQL rather than the default SQLite.
+pub fn on_postgres() -> bool {
+    std::env::var("HUBBUB_TEST_DATABASE").is_ok_and(|v| v == "postgres")
 }
 
 /// The server in anonymous mode, for tests of the protocol itself; `tests/api/auth.rs` tests
@@ -51,6 +95,15 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     config.max_connections_per_ip = 100_000;
     config.signups_per_hour = 1_000;
     tweak(&mut config);
+    let db = if on_postgres() && config.database.is_none() {
+        let db = ScratchDb::create().await.expect("a PostgreSQL database");
+        config.database = Some(config::Database::Postgres(db.url().to_owned()));
+        Some(db)
+    } else {
+        None
+    };
+    let database = config.database.clone();
+    let data_dir = config.data_dir.clone();
     let options = config::leptos_options(&config.leptos_config).expect("Leptos.toml");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -67,6 +120,9 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         stop: Some(stop),
         handle,
         dir,
+        _db: db,
+        database,
+        data_dir,
     };
     // Wait until it answers.
     if tls {
@@ -87,6 +143,33 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
 }
 
 impl TestApp {
+    /// Its database, opened beside it.
+    pub async fn db(&self) -> Db {
+        match &self.database {
+            Some(config::Database::Postgres(url)) => {
+                Db::Postgres(sqlx::PgPool::connect(url).await.expect("open PostgreSQL"))
+            }
+            Some(config::Database::Sqlite(path)) => Db::Sqlite(
+                sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+                    .await
+                    .expect("open SQLite"),
+            ),
+            None => Db::Sqlite(
+                sqlx::SqlitePool::connect(&format!(
+                    "sqlite://{}",
+                    self.data_dir.join("hubbub.sqlite3").display()
+                ))
+                .await
+                .expect("open SQLite"),
+            ),
+        }
+    }
+
+    /// Whether it keeps its data in PostgreSQL.
+    pub fn on_postgres(&self) -> bool {
+        matches!(self.database, Some(config::Database::Postgres(_)))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

@@ -2,11 +2,16 @@
 //! database can be added beside SQLite without touching them.
 
 mod feed;
+mod postgres;
 mod rows;
+pub mod scratch;
 mod sqlite;
+mod writer;
 
 pub use feed::{CommitFeed, FeedError, FeedSender, COMMIT_FEED_BYTES, COMMIT_FEED_LEN};
-pub use sqlite::{SqliteStore, WRITER_TASK};
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+pub use writer::WRITER_TASK;
 
 use crate::protocol::{ChatMessage, EventKind, MemberInfo, RoomInfo, RoomKind, Visibility};
 use async_trait::async_trait;
@@ -285,6 +290,10 @@ pub trait Store: Send + Sync + 'static {
     /// The room's last seq (0 for an empty room), or `None` if there is no such room.
     async fn head(&self, room: &str) -> Result<Option<u64>, StoreError>;
 
+    /// The heads of those of `rooms` that exist, in no particular order (one read for many
+    /// rooms: how a node checks that it has delivered everything).
+    async fn heads(&self, rooms: &[String]) -> Result<Vec<(String, u64)>, StoreError>;
+
     /// Creates a bare room (tests and set-up; people make rooms with a `Change::Create` event).
     async fn create_room(&self, room: &str) -> Result<(), StoreError>;
 
@@ -472,15 +481,91 @@ pub type DynAccounts = Arc<dyn AccountStore>;
 
 #[cfg(test)]
 mod contract {
-    //! The contract every store must keep, run here on SQLite in a temporary directory.
+    //! The contract every store must keep, run on SQLite (in a temporary directory) and on
+    //! PostgreSQL (in a database made for each test, dropped after).
 
     use super::*;
+    use crate::protocol::EventKind as K;
 
-    async fn store() -> (tempfile::TempDir, SqliteStore) {
+    /// Both traits, as one object.
+    trait Full: Store + AccountStore {}
+    impl<T: Store + AccountStore> Full for T {}
+
+    /// A store under test, with what must live as long as it.
+    struct Under {
+        store: Box<dyn Full>,
+        _dir: Option<tempfile::TempDir>,
+        _db: Option<scratch::ScratchDb>,
+    }
+
+    impl std::ops::Deref for Under {
+        type Target = dyn Full;
+        fn deref(&self) -> &Self::Target {
+            &*self.store
+        }
+    }
+
+    async fn sqlite() -> Under {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(dir.path()).await.expect("open store");
-        (dir, store)
+        Under {
+            store: Box::new(store),
+            _dir: Some(dir),
+            _db: None,
+        }
     }
+
+    async fn postgres() -> Under {
+        let db = scratch::ScratchDb::create()
+            .await
+            .expect("PostgreSQL for the contract tests (HUBBUB_TEST_POSTGRES)");
+        let store = PgStore::connect(db.url(), Default::default())
+            .await
+            .expect("open store");
+        Under {
+            store: Box::new(store),
+            _dir: None,
+            _db: Some(db),
+        }
+    }
+
+    /// Runs each contract test on both stores.
+    macro_rules! on_both {
+        ($($name:ident),* $(,)?) => {
+            mod on_sqlite {
+                $(#[tokio::test]
+                async fn $name() {
+                    super::$name(super::sqlite().await).await
+                })*
+            }
+            mod on_postgres {
+                $(#[tokio::test]
+                async fn $name() {
+                    super::$name(super::postgres().await).await
+                })*
+            }
+        };
+    }
+
+    on_both!(
+        seqs_count_up_per_room_without_gaps,
+        the_commit_feed_has_each_new_message_once_in_order,
+        a_resent_client_id_returns_the_original,
+        paging_both_ways,
+        accounts_sessions_and_tokens,
+        invites_are_spent_with_the_account_they_make,
+        purging_drops_expired_sessions_and_old_tokens,
+        recent_reads_the_head_and_the_last_page_together,
+        concurrent_appends_share_commits_and_keep_seqs_gapless,
+        unknown_rooms_are_not_found,
+        rooms_membership_and_who_sees_what,
+        a_dm_with_the_same_people_is_the_same_room,
+        unread_counts_and_read_positions,
+        edits_deletes_reactions_replies_and_mentions,
+        search_words_phrases_prefixes_filters_and_access,
+        attachments_and_the_blobs_they_hold,
+        heads_of_many_rooms_at_once,
+    );
 
     fn msg(room: &str, client_id: &str, body: &str) -> NewMessage {
         NewMessage::chat(
@@ -491,9 +576,7 @@ mod contract {
         )
     }
 
-    #[tokio::test]
-    async fn seqs_count_up_per_room_without_gaps() {
-        let (_dir, s) = store().await;
+    async fn seqs_count_up_per_room_without_gaps(s: Under) {
         s.create_room("other").await.expect("create");
         for i in 1..=5u64 {
             let a = s
@@ -509,9 +592,7 @@ mod contract {
         assert_eq!(s.head("nowhere").await.expect("head"), None);
     }
 
-    #[tokio::test]
-    async fn the_commit_feed_has_each_new_message_once_in_order() {
-        let (_dir, s) = store().await;
+    async fn the_commit_feed_has_each_new_message_once_in_order(s: Under) {
         let mut feed = s.commits();
         // Concurrent appends share group commits; the feed still has them in seq order.
         let appends = (0..50).map(|i| s.append(msg("general", &format!("c{i}"), "hi")));
@@ -528,9 +609,7 @@ mod contract {
         assert!(feed.try_recv().is_none());
     }
 
-    #[tokio::test]
-    async fn a_resent_client_id_returns_the_original() {
-        let (_dir, s) = store().await;
+    async fn a_resent_client_id_returns_the_original(s: Under) {
         let first = s
             .append(msg("general", "same", "one"))
             .await
@@ -544,9 +623,7 @@ mod contract {
         assert_eq!(s.head("general").await.expect("head"), Some(1));
     }
 
-    #[tokio::test]
-    async fn paging_both_ways() {
-        let (_dir, s) = store().await;
+    async fn paging_both_ways(s: Under) {
         for i in 1..=10 {
             s.append(msg("general", &format!("c{i}"), &format!("m{i}")))
                 .await
@@ -571,9 +648,7 @@ mod contract {
         );
     }
 
-    #[tokio::test]
-    async fn accounts_sessions_and_tokens() {
-        let (_dir, s) = store().await;
+    async fn accounts_sessions_and_tokens(s: Under) {
         let ann = s
             .create_user("ann", "Ann", "$argon2id$x", None)
             .await
@@ -643,9 +718,7 @@ mod contract {
         assert!(list[0].revoked);
     }
 
-    #[tokio::test]
-    async fn invites_are_spent_with_the_account_they_make() {
-        let (_dir, s) = store().await;
+    async fn invites_are_spent_with_the_account_they_make(s: Under) {
         let admin = s
             .create_user("admin", "Admin", "h", None)
             .await
@@ -673,9 +746,7 @@ mod contract {
         assert_eq!((list.len(), list[0].uses_left), (1, 0));
     }
 
-    #[tokio::test]
-    async fn purging_drops_expired_sessions_and_old_tokens() {
-        let (_dir, s) = store().await;
+    async fn purging_drops_expired_sessions_and_old_tokens(s: Under) {
         let ann = s.create_user("ann", "Ann", "h", None).await.expect("user");
         s.create_session("old", ann.id, 1_000)
             .await
@@ -697,9 +768,7 @@ mod contract {
         assert!(s.session_user("new", 2_000).await.expect("q").is_some());
     }
 
-    #[tokio::test]
-    async fn recent_reads_the_head_and_the_last_page_together() {
-        let (_dir, s) = store().await;
+    async fn recent_reads_the_head_and_the_last_page_together(s: Under) {
         for i in 1..=5 {
             s.append(msg("general", &format!("c{i}"), "x"))
                 .await
@@ -714,9 +783,7 @@ mod contract {
         assert!(s.recent("nowhere", 3).await.expect("q").is_none());
     }
 
-    #[tokio::test]
-    async fn concurrent_appends_share_commits_and_keep_seqs_gapless() {
-        let (_dir, s) = store().await;
+    async fn concurrent_appends_share_commits_and_keep_seqs_gapless(s: Under) {
         let s = std::sync::Arc::new(s);
         let tasks: Vec<_> = (0..200)
             .map(|i| {
@@ -741,9 +808,7 @@ mod contract {
         assert_eq!(seqs, (1..=196).collect::<Vec<u64>>());
     }
 
-    #[tokio::test]
-    async fn unknown_rooms_are_not_found() {
-        let (_dir, s) = store().await;
+    async fn unknown_rooms_are_not_found(s: Under) {
         assert!(matches!(
             s.append(msg("nowhere", "c", "x")).await,
             Err(StoreError::RoomNotFound)
@@ -752,5 +817,692 @@ mod contract {
             s.create_room("general").await,
             Err(StoreError::RoomExists)
         ));
+    }
+
+    fn event(user: &User, room: &str, id: &str, kind: K, body: &str, change: Change) -> NewMessage {
+        NewMessage {
+            room: room.into(),
+            client_id: id.into(),
+            kind,
+            author: Author::of(user),
+            body: body.into(),
+            member: None,
+            change,
+            target: None,
+            reply_to: None,
+            attachment: None,
+        }
+    }
+
+    fn said(user: &User, room: &str, id: &str, body: &str) -> NewMessage {
+        event(user, room, id, K::Message, body, Change::None)
+    }
+
+    fn about(mut m: NewMessage, target: u64) -> NewMessage {
+        m.target = Some(target);
+        m
+    }
+
+    fn member(u: &User) -> Member {
+        Member {
+            user_id: u.id,
+            username: u.username.clone(),
+        }
+    }
+
+    async fn users(s: &Under, names: &[&str]) -> Vec<User> {
+        let mut out = Vec::new();
+        for n in names {
+            out.push(
+                s.create_user(n, &n.to_uppercase(), "h", None)
+                    .await
+                    .expect("user"),
+            );
+        }
+        out
+    }
+
+    async fn make_room(s: &Under, owner: &User, name: &str, visibility: Visibility) {
+        let room = NewRoom {
+            kind: RoomKind::Room,
+            visibility,
+            title: name.into(),
+            topic: String::new(),
+            dm_key: None,
+            invited: Vec::new(),
+            owned: true,
+        };
+        let a = s
+            .append(event(
+                owner,
+                name,
+                &format!("create-{name}"),
+                K::RoomCreated,
+                "",
+                Change::Create(room),
+            ))
+            .await
+            .expect("room");
+        assert!(a.created);
+    }
+
+    fn joining(u: &User, room: &str, max_members: u64) -> NewMessage {
+        let mut m = event(
+            u,
+            room,
+            &format!("join-{}-{room}-{max_members}", u.username),
+            K::MemberJoined,
+            "",
+            Change::AddMember { max_members },
+        );
+        m.member = Some(member(u));
+        m
+    }
+
+    fn names(rooms: &[RoomInfo]) -> Vec<&str> {
+        rooms.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    async fn rooms_membership_and_who_sees_what(s: Under) {
+        let [ann, bob, carol] =
+            <[User; 3]>::try_from(users(&s, &["ann", "bob", "carol"]).await).expect("three");
+        make_room(&s, &ann, "design", Visibility::Public).await;
+        let a = s
+            .room_access("design", Some(ann.id))
+            .await
+            .expect("q")
+            .expect("room");
+        assert_eq!(
+            (a.role.as_deref(), a.owner_id),
+            (Some("owner"), Some(ann.id))
+        );
+        let b = s
+            .room_access("design", Some(bob.id))
+            .await
+            .expect("q")
+            .expect("room");
+        assert!(b.role.is_none());
+        assert!(s
+            .room_access("nowhere", Some(ann.id))
+            .await
+            .expect("q")
+            .is_none());
+        let public = s.public_rooms(bob.id).await.expect("q");
+        let design = public.iter().find(|r| r.name == "design").expect("listed");
+        assert!(!design.member);
+
+        s.append(joining(&bob, "design", 100)).await.expect("join");
+        let mut again = joining(&bob, "design", 100);
+        again.client_id = "join-again".into();
+        assert!(matches!(
+            s.append(again).await,
+            Err(StoreError::AlreadyMember)
+        ));
+        let info = s
+            .room_info("design", Some(bob.id))
+            .await
+            .expect("q")
+            .expect("room");
+        assert_eq!((info.members, info.member, info.head), (2, true, 2));
+        let who: Vec<(String, String)> = s
+            .members("design")
+            .await
+            .expect("q")
+            .into_iter()
+            .map(|m| (m.username, m.role))
+            .collect();
+        assert_eq!(
+            who,
+            vec![
+                ("ann".into(), "owner".into()),
+                ("bob".into(), "member".into())
+            ]
+        );
+        assert!(names(&s.rooms_of(bob.id).await.expect("q")).contains(&"design"));
+        assert!(matches!(
+            s.append(joining(&carol, "design", 2)).await,
+            Err(StoreError::RoomFull)
+        ));
+
+        make_room(&s, &ann, "secret", Visibility::Private).await;
+        assert!(!names(&s.public_rooms(bob.id).await.expect("q")).contains(&"secret"));
+        assert!(names(&s.rooms_of(ann.id).await.expect("q")).contains(&"secret"));
+        assert!(matches!(
+            s.append(said(&bob, "secret", "b1", "hi")).await,
+            Err(StoreError::NotMember)
+        ));
+        // A guest may post in a public room only.
+        s.append(msg("design", "g1", "hi")).await.expect("guest");
+        assert!(matches!(
+            s.append(msg("secret", "g2", "hi")).await,
+            Err(StoreError::NotMember)
+        ));
+
+        let mut remove = event(
+            &ann,
+            "design",
+            "rm",
+            K::MemberRemoved,
+            "",
+            Change::RemoveMember,
+        );
+        remove.member = Some(member(&bob));
+        s.append(remove.clone()).await.expect("removed");
+        remove.client_id = "rm-again".into();
+        assert!(matches!(s.append(remove).await, Err(StoreError::NotMember)));
+        assert!(matches!(
+            s.append(said(&bob, "design", "b2", "still here?")).await,
+            Err(StoreError::NotMember)
+        ));
+
+        s.append(event(
+            &ann,
+            "design",
+            "t",
+            K::RoomRenamed,
+            "Design team",
+            Change::Title,
+        ))
+        .await
+        .expect("rename");
+        s.append(event(
+            &ann,
+            "design",
+            "p",
+            K::TopicChanged,
+            "pixels",
+            Change::Topic,
+        ))
+        .await
+        .expect("topic");
+        let info = s
+            .room_info("design", Some(ann.id))
+            .await
+            .expect("q")
+            .expect("room");
+        assert_eq!(
+            (info.title.as_str(), info.topic.as_str()),
+            ("Design team", "pixels")
+        );
+        s.append(event(
+            &ann,
+            "design",
+            "z",
+            K::RoomArchived,
+            "",
+            Change::Archive,
+        ))
+        .await
+        .expect("archive");
+        assert!(matches!(
+            s.append(said(&ann, "design", "late", "hello?")).await,
+            Err(StoreError::RoomArchived)
+        ));
+        assert!(!names(&s.rooms_of(ann.id).await.expect("q")).contains(&"design"));
+        assert!(
+            s.room_info("design", Some(ann.id))
+                .await
+                .expect("q")
+                .expect("room")
+                .archived
+        );
+
+        assert_eq!(s.rooms_made_since(ann.id, 0).await.expect("q"), 2);
+        assert_eq!(s.rooms_made_since(bob.id, 0).await.expect("q"), 0);
+        let found = s
+            .users_named(&["carol".into(), "nobody".into(), "ann".into()])
+            .await
+            .expect("q");
+        assert_eq!(found, vec![carol, ann]);
+    }
+
+    async fn a_dm_with_the_same_people_is_the_same_room(s: Under) {
+        let [ann, bob] = <[User; 2]>::try_from(users(&s, &["ann", "bob"]).await).expect("two");
+        let dm = |room: &str| {
+            event(
+                &ann,
+                room,
+                &format!("dm-{room}"),
+                K::RoomCreated,
+                "",
+                Change::Create(NewRoom {
+                    kind: RoomKind::Dm,
+                    visibility: Visibility::Private,
+                    title: "ann, bob".into(),
+                    topic: String::new(),
+                    dm_key: Some(format!("{},{}", ann.id, bob.id)),
+                    invited: vec![member(&bob)],
+                    owned: false,
+                }),
+            )
+        };
+        let first = s.append(dm("dm-one")).await.expect("dm");
+        assert!(first.created);
+        assert_eq!(first.more.len(), 1, "the invitation is an event too");
+        assert_eq!((first.message.seq, first.more[0].seq), (1, 2));
+        let second = s.append(dm("dm-two")).await.expect("dm");
+        assert!(!second.created);
+        assert_eq!(second.message.room, "dm-one");
+        let mut people = s
+            .room_info("dm-one", Some(ann.id))
+            .await
+            .expect("q")
+            .expect("room")
+            .people;
+        people.sort();
+        assert_eq!(people, vec!["ann", "bob"]);
+        let bobs = s.rooms_of(bob.id).await.expect("q");
+        let room = bobs.iter().find(|r| r.name == "dm-one").expect("bob's DM");
+        assert_eq!(room.kind, RoomKind::Dm);
+        assert!(s
+            .room_info("dm-two", Some(ann.id))
+            .await
+            .expect("q")
+            .is_none());
+    }
+
+    async fn unread_counts_and_read_positions(s: Under) {
+        let [ann, bob, carol] =
+            <[User; 3]>::try_from(users(&s, &["ann", "bob", "carol"]).await).expect("three");
+        make_room(&s, &ann, "team", Visibility::Public).await;
+        s.append(joining(&bob, "team", 100)).await.expect("join");
+        for i in 0..3 {
+            s.append(said(&ann, "team", &format!("a{i}"), "hi"))
+                .await
+                .expect("post");
+        }
+        s.append(said(&bob, "team", "b0", "hey"))
+            .await
+            .expect("post");
+        let team =
+            |rooms: Vec<RoomInfo>| rooms.into_iter().find(|r| r.name == "team").expect("team");
+        assert_eq!(
+            team(s.rooms_of(bob.id).await.expect("q")).unread,
+            3,
+            "not counting his own"
+        );
+        assert_eq!(team(s.rooms_of(ann.id).await.expect("q")).unread, 1);
+        let read = s
+            .mark_read("team", bob.id, 4)
+            .await
+            .expect("q")
+            .expect("member");
+        assert_eq!((read.seq, read.unread, read.mentions), (4, 1, 0));
+        let read = s
+            .mark_read("team", bob.id, 2)
+            .await
+            .expect("q")
+            .expect("member");
+        assert_eq!(read.seq, 4, "never back");
+        let read = s
+            .mark_read("team", bob.id, 99)
+            .await
+            .expect("q")
+            .expect("member");
+        assert_eq!((read.seq, read.unread), (6, 0), "never past the head");
+        assert_eq!(team(s.rooms_of(bob.id).await.expect("q")).last_read, 6);
+        assert!(s.mark_read("team", carol.id, 3).await.expect("q").is_none());
+        assert!(s
+            .mark_read("nowhere", bob.id, 3)
+            .await
+            .expect("q")
+            .is_none());
+    }
+
+    async fn edits_deletes_reactions_replies_and_mentions(s: Under) {
+        let [ann, bob, carol] =
+            <[User; 3]>::try_from(users(&s, &["ann", "bob", "carol"]).await).expect("three");
+        make_room(&s, &ann, "team", Visibility::Public).await;
+        s.append(joining(&bob, "team", 100)).await.expect("join");
+        s.append(joining(&carol, "team", 100)).await.expect("join");
+        let m = s
+            .append(said(&ann, "team", "m1", "hello @bob"))
+            .await
+            .expect("post")
+            .message;
+        assert_eq!(m.mentions, vec![bob.id]);
+        let mentions = |rooms: Vec<RoomInfo>| {
+            rooms
+                .into_iter()
+                .find(|r| r.name == "team")
+                .expect("team")
+                .mentions
+        };
+        assert_eq!(mentions(s.rooms_of(bob.id).await.expect("q")), 1);
+
+        let edit = |who: &User, id: &str, body: &str, window_ms: Option<i64>| {
+            about(
+                event(
+                    who,
+                    "team",
+                    id,
+                    K::MessageEdited,
+                    body,
+                    Change::Edit { window_ms },
+                ),
+                m.seq,
+            )
+        };
+        assert!(matches!(
+            s.append(edit(&bob, "e0", "mine now", None)).await,
+            Err(StoreError::NotAuthor)
+        ));
+        let e = s
+            .append(edit(&ann, "e1", "hello @bob and @carol", None))
+            .await
+            .expect("edit")
+            .message;
+        assert_eq!(e.notify, vec![carol.id], "only the newly mentioned");
+        let mut both = vec![bob.id, carol.id];
+        both.sort_unstable();
+        assert_eq!(e.mentions, both);
+        let now = s.after("team", m.seq - 1, 1).await.expect("q").remove(0);
+        assert_eq!(now.body, "hello @bob and @carol");
+        assert!(now.edited.is_some());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(matches!(
+            s.append(edit(&ann, "e2", "too late", Some(1))).await,
+            Err(StoreError::EditWindowClosed)
+        ));
+
+        let react = |who: &User, id: &str, emoji: &str, add: bool, max_emoji: u64| {
+            let kind = if add {
+                K::ReactionAdded
+            } else {
+                K::ReactionRemoved
+            };
+            about(
+                event(
+                    who,
+                    "team",
+                    id,
+                    kind,
+                    emoji,
+                    Change::React { add, max_emoji },
+                ),
+                m.seq,
+            )
+        };
+        let r = s
+            .append(react(&bob, "r1", "👍", true, 5))
+            .await
+            .expect("react");
+        assert_eq!(r.message.count, Some(1));
+        assert!(matches!(
+            s.append(react(&bob, "r2", "👍", true, 5)).await,
+            Err(StoreError::Unchanged)
+        ));
+        let r = s
+            .append(react(&carol, "r3", "👍", true, 5))
+            .await
+            .expect("react");
+        assert_eq!(r.message.count, Some(2));
+        assert!(matches!(
+            s.append(react(&carol, "r4", "🎉", true, 1)).await,
+            Err(StoreError::TooManyReactions)
+        ));
+        let r = s
+            .append(react(&bob, "r5", "👍", false, 5))
+            .await
+            .expect("unreact");
+        assert_eq!(r.message.count, Some(1));
+        assert!(matches!(
+            s.append(react(&bob, "r6", "👍", false, 5)).await,
+            Err(StoreError::Unchanged)
+        ));
+        let now = s.after("team", m.seq - 1, 1).await.expect("q").remove(0);
+        assert_eq!(now.reactions.len(), 1);
+        assert_eq!(
+            (now.reactions[0].emoji.as_str(), now.reactions[0].count),
+            ("👍", 1)
+        );
+        assert_eq!(now.reactions[0].users, vec!["carol"]);
+
+        let mut reply = said(&bob, "team", "re1", "yes");
+        reply.reply_to = Some(m.seq);
+        let reply = s.append(reply).await.expect("reply").message;
+        let quote = reply.reply.clone().expect("a quote");
+        assert!(quote.body.contains("hello"), "{quote:?}");
+        let mut lost = said(&bob, "team", "re2", "what?");
+        lost.reply_to = Some(999);
+        assert!(matches!(
+            s.append(lost).await,
+            Err(StoreError::UnknownMessage)
+        ));
+
+        let delete = |who: &User, id: &str, any_author: bool| {
+            about(
+                event(
+                    who,
+                    "team",
+                    id,
+                    K::MessageDeleted,
+                    "",
+                    Change::Delete { any_author },
+                ),
+                m.seq,
+            )
+        };
+        assert!(matches!(
+            s.append(delete(&bob, "d0", false)).await,
+            Err(StoreError::NotAuthor)
+        ));
+        s.append(delete(&ann, "d1", false)).await.expect("delete");
+        let page = s.after("team", m.seq - 1, 100).await.expect("q");
+        let gone = &page[0];
+        assert!(gone.deleted && gone.body.is_empty() && gone.reactions.is_empty());
+        assert!(
+            page.iter()
+                .filter(|p| p.kind == K::MessageEdited)
+                .all(|p| p.body.is_empty()),
+            "edits lose their text too"
+        );
+        let quoted = page.iter().find(|p| p.seq == reply.seq).expect("reply");
+        assert!(quoted
+            .reply
+            .as_ref()
+            .is_some_and(|q| q.deleted && q.body.is_empty()));
+        assert!(matches!(
+            s.append(edit(&ann, "e3", "back", None)).await,
+            Err(StoreError::MessageDeleted)
+        ));
+        assert_eq!(mentions(s.rooms_of(bob.id).await.expect("q")), 0);
+        let search = Search {
+            terms: vec![Term::Word("hello".into())],
+            ..Default::default()
+        };
+        assert!(s
+            .search(ann.id, &search, None, 10)
+            .await
+            .expect("q")
+            .is_empty());
+    }
+
+    async fn search_words_phrases_prefixes_filters_and_access(s: Under) {
+        let [ann, bob] = <[User; 2]>::try_from(users(&s, &["ann", "bob"]).await).expect("two");
+        make_room(&s, &ann, "team", Visibility::Public).await;
+        make_room(&s, &ann, "secret", Visibility::Private).await;
+        s.append(said(&ann, "team", "s1", "the quick brown fox"))
+            .await
+            .expect("post");
+        s.append(said(&ann, "team", "s2", "a lazy dog sleeps"))
+            .await
+            .expect("post");
+        s.append(joining(&bob, "team", 100)).await.expect("join");
+        s.append(said(&bob, "team", "s3", "quick thinking"))
+            .await
+            .expect("post");
+        s.append(said(&ann, "secret", "s4", "quick secret plans"))
+            .await
+            .expect("post");
+        let find = |who: &User, terms: Vec<Term>, from: Option<&str>, room: Option<&str>| {
+            let search = Search {
+                terms,
+                from: from.map(str::to_owned),
+                room: room.map(str::to_owned),
+            };
+            let (s, who) = (&s, who.id);
+            async move {
+                s.search(who, &search, None, 10)
+                    .await
+                    .expect("search")
+                    .into_iter()
+                    .map(|h| {
+                        h.snippet
+                            .iter()
+                            .map(|p| p.text.as_str())
+                            .collect::<String>()
+                    })
+                    .collect::<Vec<_>>()
+            }
+        };
+        let w = |t: &str| Term::Word(t.into());
+        let p = |t: &str| Term::Phrase(t.into());
+        assert_eq!(
+            find(&bob, vec![w("quick")], None, None).await,
+            vec!["quick thinking", "the quick brown fox"],
+            "newest first, and nothing from a room bob may not read"
+        );
+        assert_eq!(find(&ann, vec![w("QUICK")], None, None).await.len(), 3);
+        assert_eq!(find(&ann, vec![p("brown fox")], None, None).await.len(), 1);
+        assert!(find(&ann, vec![p("fox brown")], None, None)
+            .await
+            .is_empty());
+        assert_eq!(
+            find(&ann, vec![w("sle")], None, None).await,
+            vec!["a lazy dog sleeps"],
+            "the last word is a prefix"
+        );
+        assert!(find(&ann, vec![w("sle"), w("dog")], None, None)
+            .await
+            .is_empty());
+        assert_eq!(
+            find(&ann, vec![w("quick")], Some("bob"), None).await.len(),
+            1
+        );
+        assert_eq!(
+            find(&ann, vec![w("quick")], None, Some("secret"))
+                .await
+                .len(),
+            1
+        );
+        assert!(find(&bob, vec![w("quick")], None, Some("secret"))
+            .await
+            .is_empty());
+        for hostile in [
+            "\"); DROP TABLE messages; --",
+            "a:* & !b | (c",
+            "'",
+            "*",
+            "NEAR(a b)",
+        ] {
+            let _ = find(&ann, vec![w(hostile)], None, None).await;
+            let _ = find(&ann, vec![p(hostile)], None, None).await;
+        }
+        assert_eq!(
+            find(&ann, vec![w("fox")], None, None).await.len(),
+            1,
+            "still there"
+        );
+
+        let quick = Search {
+            terms: vec![w("quick")],
+            ..Default::default()
+        };
+        let page = s.search(ann.id, &quick, None, 2).await.expect("q");
+        assert_eq!(page.len(), 2);
+        let rest = s
+            .search(ann.id, &quick, Some(page[1].id), 2)
+            .await
+            .expect("q");
+        assert_eq!(rest.len(), 1);
+        assert!(rest[0].id < page[1].id);
+        let hit = &page[0];
+        assert_eq!(
+            (hit.room.as_str(), hit.room_title.as_str()),
+            ("secret", "#secret")
+        );
+        assert!(
+            hit.snippet
+                .iter()
+                .any(|part| part.hit && part.text.eq_ignore_ascii_case("quick")),
+            "{:?}",
+            hit.snippet
+        );
+    }
+
+    async fn attachments_and_the_blobs_they_hold(s: Under) {
+        let [ann] = <[User; 1]>::try_from(users(&s, &["ann"]).await).expect("one");
+        make_room(&s, &ann, "team", Visibility::Public).await;
+        let sha = "ab".repeat(32);
+        let with_file = |id: &str| {
+            let mut m = said(&ann, "team", id, "look");
+            m.attachment = Some(NewAttachment {
+                id: format!("file-{id}"),
+                sha256: sha.clone(),
+                name: "cat.png".into(),
+                size: 1234,
+                mime: "image/png".into(),
+                width: Some(10),
+                height: Some(20),
+            });
+            m
+        };
+        let first = s.append(with_file("f1")).await.expect("post").message;
+        let a = first.attachment.clone().expect("attached");
+        assert_eq!(
+            (a.id.as_str(), a.width, a.height),
+            ("file-f1", Some(10), Some(20))
+        );
+        let read = s
+            .after("team", first.seq - 1, 1)
+            .await
+            .expect("q")
+            .remove(0);
+        assert_eq!(read.attachment.expect("attached").size, 1234);
+        let stored = s.attachment("file-f1").await.expect("q").expect("found");
+        assert_eq!((stored.room.as_str(), stored.size), ("team", 1234));
+        let second = s.append(with_file("f2")).await.expect("post").message;
+        assert_eq!(s.uploaded_bytes(ann.id).await.expect("q"), 2468);
+        assert!(s.blob_in_use(&sha).await.expect("q"));
+        let delete = |id: &str, seq: u64| {
+            about(
+                event(
+                    &ann,
+                    "team",
+                    id,
+                    K::MessageDeleted,
+                    "",
+                    Change::Delete { any_author: false },
+                ),
+                seq,
+            )
+        };
+        let d = s.append(delete("d1", first.seq)).await.expect("delete");
+        assert!(d.freed.is_empty(), "the other message still holds it");
+        let d = s.append(delete("d2", second.seq)).await.expect("delete");
+        assert_eq!(d.freed, vec![sha.clone()]);
+        assert!(!s.blob_in_use(&sha).await.expect("q"));
+        assert!(s.attachment("file-f1").await.expect("q").is_none());
+        assert_eq!(s.uploaded_bytes(ann.id).await.expect("q"), 0);
+    }
+
+    async fn heads_of_many_rooms_at_once(s: Under) {
+        s.create_room("a").await.expect("room");
+        s.create_room("b").await.expect("room");
+        for i in 0..2 {
+            s.append(msg("a", &format!("h{i}"), "x"))
+                .await
+                .expect("post");
+        }
+        let mut heads = s
+            .heads(&["a".into(), "b".into(), "nowhere".into(), "general".into()])
+            .await
+            .expect("q");
+        heads.sort();
+        assert_eq!(
+            heads,
+            vec![("a".into(), 2), ("b".into(), 0), ("general".into(), 0)]
+        );
     }
 }

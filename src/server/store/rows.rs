@@ -1,10 +1,11 @@
 //! What the stores read, as Rust: the rows both backends select (the same columns under the
 //! same names) and how they become the protocol's types. No SQL lives here.
 
+use crate::protocol::api::Snippet;
 use crate::protocol::{
     self, Attachment, ChatMessage, EventKind, Quote, Reaction, RoomInfo, RoomKind, Visibility,
 };
-use crate::server::store::{RoomAccess, User};
+use crate::server::store::{RoomAccess, Term, User};
 
 #[derive(sqlx::FromRow)]
 pub(super) struct Row {
@@ -66,7 +67,10 @@ pub(super) fn reaction_bounds(rows: &[Row]) -> Option<(i64, i64, i64)> {
 /// Puts reactions read as (seq, emoji, username), in the order given, on their messages.
 pub(super) fn add_reactions(out: &mut [ChatMessage], given: Vec<(i64, String, String)>) {
     for (seq, emoji, username) in given {
-        let Some(m) = out.iter_mut().find(|m| m.seq == seq_of(seq) && m.is_message()) else {
+        let Some(m) = out
+            .iter_mut()
+            .find(|m| m.seq == seq_of(seq) && m.is_message())
+        else {
             continue;
         };
         let at = match m.reactions.iter().position(|r| r.emoji == emoji) {
@@ -238,3 +242,134 @@ impl From<UserRow> for User {
     }
 }
 
+/// Words of a text as a search sees them: runs of letters and digits, lowercased.
+pub(super) fn words_of(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// Words a snippet shows around its first hit.
+const SNIPPET_WORDS: usize = 16;
+
+/// A snippet of `body` for a search: up to [`SNIPPET_WORDS`] words from a little before the
+/// first word it found, those words marked, `…` where it was cut. Built from the text itself,
+/// as text (a snippet is never markup).
+pub(super) fn snippet_of(body: &str, terms: &[Term]) -> Vec<Snippet> {
+    let mut exact: Vec<String> = Vec::new();
+    let mut prefix: Option<String> = None;
+    for (i, term) in terms.iter().enumerate() {
+        let (Term::Word(t) | Term::Phrase(t)) = term;
+        let mut words = words_of(t);
+        if i + 1 == terms.len() && matches!(term, Term::Word(_)) {
+            prefix = words.pop();
+        }
+        exact.extend(words);
+    }
+    let found = |w: &str| {
+        let w = w.to_lowercase();
+        exact.contains(&w) || prefix.as_ref().is_some_and(|p| w.starts_with(p.as_str()))
+    };
+    // Byte spans of the words, and whether each is a hit.
+    let mut spans: Vec<(usize, usize, bool)> = Vec::new();
+    let mut start = None;
+    for (at, c) in body
+        .char_indices()
+        .chain(std::iter::once((body.len(), ' ')))
+    {
+        match (c.is_alphanumeric(), start) {
+            (true, None) => start = Some(at),
+            (false, Some(from)) => {
+                spans.push((from, at, found(&body[from..at])));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    let first_hit = spans.iter().position(|s| s.2).unwrap_or(0);
+    let from = first_hit
+        .saturating_sub(4)
+        .min(spans.len().saturating_sub(SNIPPET_WORDS));
+    let to = (from + SNIPPET_WORDS).min(spans.len());
+    let text_from = if from == 0 { 0 } else { spans[from].0 };
+    let text_to = if to == spans.len() {
+        body.len()
+    } else {
+        spans[to - 1].1
+    };
+    let mut out = Vec::new();
+    let mut push = |text: &str, hit: bool| {
+        if text.is_empty() {
+            return;
+        }
+        match out.last_mut() {
+            Some(Snippet { text: t, hit: h }) if *h == hit => t.push_str(text),
+            _ => out.push(Snippet {
+                text: text.to_owned(),
+                hit,
+            }),
+        }
+    };
+    if from > 0 {
+        push("…", false);
+    }
+    let mut at = text_from;
+    for &(a, b, hit) in spans.get(from..to).unwrap_or_default() {
+        if hit {
+            push(&body[at..a], false);
+            push(&body[a..b], true);
+            at = b;
+        }
+    }
+    push(&body[at..text_to], false);
+    if to < spans.len() {
+        push("…", false);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(parts: &[Snippet]) -> String {
+        parts
+            .iter()
+            .map(|p| {
+                if p.hit {
+                    format!("[{}]", p.text)
+                } else {
+                    p.text.clone()
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn snippets_mark_the_words_found_and_keep_the_text_as_it_is() {
+        let w = |t: &str| Term::Word(t.into());
+        assert_eq!(
+            shown(&snippet_of(
+                "release <b>banner</b> for Friday",
+                &[w("friday")]
+            )),
+            "release <b>banner</b> for [Friday]"
+        );
+        assert_eq!(
+            shown(&snippet_of("status report 44", &[w("stat")])),
+            "[status] report 44",
+            "the last word is a prefix"
+        );
+        assert_eq!(
+            shown(&snippet_of(
+                "a b c d e f g h i j k l m n o p q r s t u v w x y z needle and more",
+                &[Term::Phrase("needle".into())]
+            )),
+            "…n o p q r s t u v w x y z [needle] and more"
+        );
+        let long = "word ".repeat(40);
+        assert!(shown(&snippet_of(&long, &[w("nothing")])).ends_with('…'));
+        assert!(snippet_of("", &[w("x")]).is_empty());
+    }
+}

@@ -3,35 +3,29 @@
 //! that a flood of them never waits on, or holds up, the writer's fsyncs.
 
 use super::feed::FeedSender;
+use super::rows::{
+    add_reactions, ids_of, ids_text, kind_str, reaction_bounds, seq_of, to_i64, visibility_str,
+    RoomRow, Row, UserRow,
+};
+use super::writer::{self, Batches, Fed, PendingAppend};
 use super::{
     AccountStore, Appended, Change, CommitFeed, Credentials, InviteInfo, NewMessage, NewRoom,
     ReadState, RoomAccess, Search, Store, StoreError, StoredAttachment, Term, TokenInfo, User,
 };
 use crate::protocol::api::{SearchHit, Snippet};
 use crate::protocol::{self, Attachment, ChatMessage, EventKind, MemberInfo, Quote, RoomInfo};
-use super::rows::{
-    add_reactions, ids_of, ids_text, kind_str, reaction_bounds, seq_of, to_i64, visibility_str, Row,
-    RoomRow, UserRow,
-};
 use crate::server::faults;
-use crate::server::tasks::{panic_message, Tasks};
+use crate::server::tasks::Tasks;
 use async_trait::async_trait;
-use futures_util::FutureExt;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use std::collections::{HashMap, HashSet};
-use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// Name of the database file inside the data directory.
 pub const DB_FILE: &str = "hubbub.sqlite3";
-
-/// The name `/healthz` gives the group-commit task.
-pub const WRITER_TASK: &str = "writer";
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -156,12 +150,24 @@ impl SqliteStore {
 
     /// Like [`SqliteStore::open`], reporting the writer task's health to `tasks`.
     pub async fn open_supervised(data_dir: &Path, tasks: Tasks) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
-            path: data_dir.display().to_string(),
+        Self::open_file(&data_dir.join(DB_FILE), tasks).await
+    }
+
+    /// Opens (creating if needed) the database file at `path`, reporting the writer task's
+    /// health to `tasks`.
+    pub async fn open_file(path: &Path, tasks: Tasks) -> Result<Self, StoreError> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+            path: dir.display().to_string(),
             source,
         })?;
         let options = SqliteConnectOptions::new()
-            .filename(data_dir.join(DB_FILE))
+            .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: every commit is fsynced before `append` returns, so an ack survives power loss.
@@ -177,14 +183,12 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await?;
-        let (appends, pending) = mpsc::channel(4 * GROUP_MAX);
-        let commits = FeedSender::default();
-        tokio::spawn(group_commit(
-            writer.clone(),
-            pending,
-            commits.clone(),
+        let (appends, commits) = writer::start(
+            SqliteBatches {
+                pool: writer.clone(),
+            },
             tasks,
-        ));
+        );
         Ok(SqliteStore {
             writer,
             readers,
@@ -194,185 +198,47 @@ impl SqliteStore {
     }
 }
 
-/// An append waiting for the group commit, and where its answer goes.
-type PendingAppend = (NewMessage, oneshot::Sender<Result<Appended, StoreError>>);
-
-/// Most appends committed in one transaction.
-const GROUP_MAX: usize = 256;
-
-/// What the writer remembers across batches, and across a panic of its loop: what it has put
-/// on the commit feed, and which rooms may hold commits it has not.
-#[derive(Default)]
-struct Fed {
-    /// Per room, the last seq put on the feed (or the head when the room was first written).
-    heads: HashMap<String, u64>,
-    /// Rooms of a batch whose outcome is unknown (a commit that reported an error, or a panic):
-    /// what landed there is read back and fed before anything else is written.
-    suspect: HashSet<String>,
-}
-
-/// The single writer: takes every append that is waiting (up to [`GROUP_MAX`]), stores them in one
-/// transaction with one fsync, then answers each. An append is answered only after the commit
-/// that holds it, so "ack only after stored" still holds; under load many share one fsync.
-/// New messages then go to the commit feed, in seq order, each exactly once: a commit that
-/// reports an error is checked against the database, and what did land is fed and acked.
-///
-/// A panic in the loop is caught: the appends of that batch fail (their senders retry with the
-/// same `client_id`), the rooms are reconciled, and the loop goes on with the same queue.
-async fn group_commit(
+/// The group commit's side of the store: the writer connection.
+struct SqliteBatches {
     pool: SqlitePool,
-    mut pending: mpsc::Receiver<PendingAppend>,
-    commits: FeedSender,
-    tasks: Tasks,
-) {
-    let mut fed = Fed::default();
-    loop {
-        tasks.started(WRITER_TASK);
-        let run = AssertUnwindSafe(writer_loop(&pool, &mut pending, &commits, &mut fed))
-            .catch_unwind()
-            .await;
-        match run {
-            Ok(()) => break,
-            Err(payload) => {
-                tasks.panicked(WRITER_TASK, panic_message(&*payload));
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                // Whatever the lost batch committed is delivered now, not at the next append.
-                if let Err(e) = reconcile(&pool, &commits, &mut fed).await {
-                    tracing::error!(error = %e, "cannot read back an uncertain commit");
-                }
-            }
-        }
+}
+
+#[async_trait]
+impl Batches for SqliteBatches {
+    async fn append_batch(
+        &self,
+        batch: &[PendingAppend],
+        fed: &mut Fed,
+    ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        append_batch(&self.pool, batch, fed).await
     }
-    tasks.stopped(WRITER_TASK);
-    commits.close();
-}
 
-async fn writer_loop(
-    pool: &SqlitePool,
-    pending: &mut mpsc::Receiver<PendingAppend>,
-    commits: &FeedSender,
-    fed: &mut Fed,
-) {
-    let mut batch: Vec<PendingAppend> = Vec::with_capacity(GROUP_MAX);
-    while pending.recv_many(&mut batch, GROUP_MAX).await > 0 {
-        if let Err(e) = reconcile(pool, commits, fed).await {
-            let message = e.to_string();
-            tracing::error!(error = %message, "cannot read back an uncertain commit");
-            for (_, reply) in batch.drain(..) {
-                let _ = reply.send(Err(StoreError::Batch(message.clone())));
-            }
-            continue;
-        }
-        fed.suspect
-            .extend(batch.iter().map(|(m, _)| m.room.clone()));
-        match append_batch(pool, &batch, fed).await {
-            Ok(results) => {
-                if batch
-                    .iter()
-                    .any(|(m, _)| faults::hit("panic-after-commit", &m.body))
-                {
-                    panic!("injected fault: panic-after-commit");
-                }
-                for result in results.iter().flatten().filter(|a| a.created) {
-                    feed(commits, fed, &result.message);
-                    for more in &result.more {
-                        feed(commits, fed, more);
-                    }
-                }
-                for room in batch.iter().map(|(m, _)| &m.room) {
-                    fed.suspect.remove(room);
-                }
-                for ((_, reply), result) in batch.drain(..).zip(results) {
-                    let _ = reply.send(result);
-                }
-            }
-            Err(e) => {
-                let message = e.to_string();
-                tracing::error!(error = %message, appends = batch.len(), "group commit failed");
-                // The commit may have landed all the same: read back what is there.
-                let landed = match reconcile(pool, commits, fed).await {
-                    Ok(landed) => landed,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot read back an uncertain commit");
-                        HashMap::new()
-                    }
-                };
-                for (msg, reply) in batch.drain(..) {
-                    let key = (msg.room.clone(), msg.client_id.clone());
-                    let answer = match landed.get(&key) {
-                        Some(message) => Ok(Appended {
-                            message: message.clone(),
-                            more: Vec::new(),
-                            created: true,
-                            freed: Vec::new(),
-                        }),
-                        // Stored before (a resend): the original is the answer, as always.
-                        None => match stored(pool, &msg).await {
-                            Some(original) => Ok(Appended {
-                                message: original,
-                                more: Vec::new(),
-                                created: false,
-                                freed: Vec::new(),
-                            }),
-                            None => Err(StoreError::Batch(message.clone())),
-                        },
-                    };
-                    let _ = reply.send(answer);
-                }
-            }
-        }
-    }
-}
-
-fn feed(commits: &FeedSender, fed: &mut Fed, message: &ChatMessage) {
-    fed.heads.insert(message.room.clone(), message.seq);
-    commits.send(Arc::new(message.clone()));
-}
-
-/// Feeds what committed in the suspect rooms after what was fed, and returns it by
-/// (room, client_id). Nothing to do (and no query) when no room is suspect.
-async fn reconcile(
-    pool: &SqlitePool,
-    commits: &FeedSender,
-    fed: &mut Fed,
-) -> Result<HashMap<(String, String), ChatMessage>, StoreError> {
-    let mut landed = HashMap::new();
-    let rooms: Vec<String> = fed.suspect.iter().cloned().collect();
-    for room in rooms {
-        let Some(&after) = fed.heads.get(&room) else {
-            // Never written by this writer: nothing of it can be uncertain.
-            fed.suspect.remove(&room);
-            continue;
-        };
+    async fn committed_after(
+        &self,
+        room: &str,
+        after: u64,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
         let rows: Vec<Row> = sqlx::query_as(&format!(
             "{SELECT} WHERE r.name = ? AND m.seq > ? ORDER BY m.seq"
         ))
-        .bind(&room)
+        .bind(room)
         .bind(to_i64(after))
-        .fetch_all(pool)
+        .fetch_all(&self.pool)
         .await?;
-        for row in rows {
-            let message = ChatMessage::from(row);
-            tracing::warn!(room = %message.room, seq = message.seq, "a commit reported as failed had landed; delivering it");
-            feed(commits, fed, &message);
-            landed.insert((message.room.clone(), message.client_id.clone()), message);
-        }
-        fed.suspect.remove(&room);
+        Ok(rows.into_iter().map(ChatMessage::from).collect())
     }
-    Ok(landed)
-}
 
-/// The stored message with this `(room, client_id)`, if the database answers and has it.
-async fn stored(pool: &SqlitePool, msg: &NewMessage) -> Option<ChatMessage> {
-    let row: Option<Row> =
-        sqlx::query_as(&format!("{SELECT} WHERE r.name = ? AND m.client_id = ?"))
-            .bind(&msg.room)
-            .bind(&msg.client_id)
-            .fetch_optional(pool)
-            .await
-            .ok()
-            .flatten();
-    row.map(Into::into)
+    async fn stored(&self, msg: &NewMessage) -> Option<ChatMessage> {
+        let row: Option<Row> =
+            sqlx::query_as(&format!("{SELECT} WHERE r.name = ? AND m.client_id = ?"))
+                .bind(&msg.room)
+                .bind(&msg.client_id)
+                .fetch_optional(&self.pool)
+                .await
+                .ok()
+                .flatten();
+        row.map(Into::into)
+    }
 }
 
 /// Stores a batch in one transaction. An unknown room fails only its own append; a database
@@ -1001,6 +867,25 @@ impl Store for SqliteStore {
         Ok(head.map(|h| u64::try_from(h).unwrap_or_default()))
     }
 
+    async fn heads(&self, rooms: &[String]) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = Vec::with_capacity(rooms.len());
+        for chunk in rooms.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!("SELECT name, head_seq FROM rooms WHERE name IN ({marks})");
+            let mut q = sqlx::query_as::<_, (String, i64)>(&sql);
+            for r in chunk {
+                q = q.bind(r);
+            }
+            out.extend(
+                q.fetch_all(&self.readers)
+                    .await?
+                    .into_iter()
+                    .map(|(n, h)| (n, seq_of(h))),
+            );
+        }
+        Ok(out)
+    }
+
     async fn create_room(&self, room: &str) -> Result<(), StoreError> {
         let done = sqlx::query(
             "INSERT INTO rooms (name, head_seq, created_at) VALUES (?, 0, ?) ON CONFLICT (name) DO NOTHING",
@@ -1147,14 +1032,7 @@ impl Store for SqliteStore {
     }
 
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.appends
-            .send((msg, reply))
-            .await
-            .map_err(|_| StoreError::Batch("the writer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Batch("the writer has stopped".into()))?
+        writer::append_via(&self.appends, msg).await
     }
 
     async fn search(
