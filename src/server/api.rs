@@ -372,8 +372,17 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // Without the bus a cluster node still serves (the other nodes' messages come from the
+    // database, a little later): degraded, not failing.
+    let bus = state.chat.bus.status();
+    let word = match (ok, state.chat.bus.connected()) {
+        (false, _) => "failing",
+        (true, false) => "degraded",
+        (true, true) => "ok",
+    };
     let body = json!({
-        "status": if ok { "ok" } else { "failing" },
+        "status": word,
+        "bus": bus,
         "database": if database.is_ok() { "ok" } else { "unavailable" },
         "tasks": state.tasks.report(),
         "connections": state.open.total(),

@@ -233,8 +233,7 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// How a request proved who it is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Credential {
     /// A browser session, by the digest of its id.
     Session(String),
@@ -340,6 +339,8 @@ pub struct Auth {
     pub session_ttl: Duration,
     /// Sign-ups per address per hour.
     pub signups_per_hour: u32,
+    /// Where ended credentials are told to the other nodes of a cluster.
+    pub bus: crate::server::bus::Bus,
 }
 
 /// The in-memory limiters; every map is capped.
@@ -404,6 +405,24 @@ impl Expiring for Lockout {
 #[derive(Default)]
 struct Sockets {
     by_user: HashMap<i64, Vec<SocketEntry>>,
+    /// Accounts whose count changed since the other nodes were last told.
+    changed: std::collections::HashSet<i64>,
+    /// The other nodes' open sockets per account, with when each node last sent its list.
+    remote: HashMap<String, (HashMap<i64, u32>, Instant)>,
+}
+
+/// A node whose socket counts were not heard of this long is taken to have none.
+const REMOTE_SOCKETS_EXPIRE: Duration = Duration::from_secs(30);
+
+impl Sockets {
+    fn remote_count(&self, user: i64) -> usize {
+        self.remote
+            .values()
+            .filter(|(_, heard)| heard.elapsed() < REMOTE_SOCKETS_EXPIRE)
+            .filter_map(|(counts, _)| counts.get(&user))
+            .map(|n| *n as usize)
+            .sum()
+    }
 }
 
 struct SocketEntry {
@@ -438,6 +457,7 @@ impl Drop for SocketSlot {
                 s.by_user.remove(&self.user);
             }
         }
+        s.changed.insert(self.user);
     }
 }
 
@@ -474,6 +494,7 @@ impl Auth {
             hasher: Hasher::for_this_machine(),
             session_ttl: SESSION_TTL,
             signups_per_hour: 20,
+            bus: crate::server::bus::Bus::none(),
         }
     }
 
@@ -492,8 +513,11 @@ impl Auth {
     pub fn socket_slot(&self, user: i64, credential: &Credential) -> Option<SocketSlot> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let mut s = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        // The account's sockets on the other nodes of a cluster count too.
+        let elsewhere = s.remote_count(user);
+        s.changed.insert(user);
         let list = s.by_user.entry(user).or_default();
-        if list.len() >= self.socket_limits.per_user {
+        if list.len() + elsewhere >= self.socket_limits.per_user {
             return None;
         }
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -511,9 +535,58 @@ impl Auth {
         })
     }
 
-    /// Closes (4001) the open sockets of `user` that were opened with `credential`; nobody
-    /// else's socket is woken.
+    /// Closes (4001) the open sockets of `user` that were opened with `credential`, here and
+    /// on the other nodes of a cluster; nobody else's socket is woken.
     pub fn revoke(&self, user: i64, credential: &Credential) -> usize {
+        self.bus.publish(crate::server::bus::Note::Revoke {
+            user,
+            credential: credential.clone(),
+        });
+        self.revoke_here(user, credential)
+    }
+
+    /// Takes what another node says of its open sockets per account (`full`: every account
+    /// with any; the others have none there).
+    pub fn sockets_elsewhere(&self, node: &str, counts: Vec<(i64, u32)>, full: bool) {
+        let mut s = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        s.remote
+            .retain(|_, (_, heard)| heard.elapsed() < REMOTE_SOCKETS_EXPIRE);
+        let entry = s
+            .remote
+            .entry(node.to_owned())
+            .or_insert_with(|| (HashMap::new(), now));
+        entry.1 = now;
+        if full {
+            entry.0.clear();
+        }
+        for (user, n) in counts {
+            if n == 0 {
+                entry.0.remove(&user);
+            } else {
+                entry.0.insert(user, n);
+            }
+        }
+    }
+
+    /// The open sockets here of the accounts whose count changed since the last call (or of
+    /// every account with any, when `all`), for the other nodes.
+    pub fn socket_counts(&self, all: bool) -> Vec<(i64, u32)> {
+        let mut s = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = std::mem::take(&mut s.changed);
+        let count = |u: &i64| s.by_user.get(u).map_or(0, |l| l.len() as u32);
+        if all {
+            s.by_user
+                .iter()
+                .map(|(u, l)| (*u, l.len() as u32))
+                .collect()
+        } else {
+            changed.iter().map(|u| (*u, count(u))).collect()
+        }
+    }
+
+    /// Closes (4001) the sockets here of `user` that were opened with `credential`.
+    pub fn revoke_here(&self, user: i64, credential: &Credential) -> usize {
         self.ended.fetch_add(1, Ordering::AcqRel);
         let s = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
         let mut n = 0;

@@ -8,10 +8,12 @@ use crate::protocol::{
     RoomKind, ServerFrame, TypingNote, Visibility,
 };
 use crate::server::access::{self, Action};
+use crate::server::bus::{Bus, Note};
 use crate::server::faults;
 use crate::server::files::BlobStore;
 use crate::server::hub::{personal_channel, Delivery, Hub, Personal};
 use crate::server::presence::Presence;
+use crate::server::sequencer::Sequencer;
 use crate::server::store::{
     Appended, Author, Change, CommitFeed, DynStore, FeedError, Member, NewAttachment, NewMessage,
     NewRoom, ReadState, RoomAccess, StoreError, User,
@@ -36,6 +38,8 @@ pub struct Chat {
     pub limits: RoomLimits,
     /// Who is here (sessions aggregated per person), sent out through the hub.
     pub presence: Presence,
+    /// The bus to the other nodes of a cluster (a no-op on a single node).
+    pub bus: Bus,
     /// Rooms' member counts, a little stale at most, for deciding whether typing is relayed.
     sizes: Arc<Mutex<HashMap<String, (u64, Instant)>>>,
 }
@@ -58,10 +62,7 @@ async fn fan_out(mut feed: CommitFeed, hub: Hub) {
                 if faults::hit("fanout-panic", &message.body) {
                     panic!("injected fault: fanout-panic");
                 }
-                hub.publish(delivery(&message));
-                if let Some(note) = membership_note(&message) {
-                    hub.publish(note);
-                }
+                hand_out(&hub, &message);
             }
             Err(FeedError::Lagged(missed)) => {
                 // Some commits were never handed out: every member re-reads from storage.
@@ -74,6 +75,142 @@ async fn fan_out(mut feed: CommitFeed, hub: Hub) {
             Err(FeedError::Closed) => return,
         }
     }
+}
+
+/// Hands out one event: to its room's members, and to the account a membership event is about.
+fn hand_out(hub: &Hub, message: &ChatMessage) {
+    hub.publish(delivery(message));
+    if let Some(note) = membership_note(message) {
+        hub.publish(note);
+    }
+}
+
+/// How often a cluster node compares the heads of the rooms it follows with the database.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often a cluster node looks for gaps that waited long enough.
+const GAP_TICK: Duration = Duration::from_millis(50);
+/// Events read for one gap at most per read.
+const FILL_BATCH: usize = 1_000;
+/// How long a gap's read may take before it is tried again later.
+const FILL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The fan-out of a cluster node: its own commits (published on the bus for the other nodes)
+/// and the other nodes' commits from the bus, ordered per room by the sequencer; a gap is read
+/// from the database once for the node, and a sweep every second finds rooms whose last events
+/// never arrived. Ends when the store does.
+async fn fan_out_cluster(
+    mut feed: CommitFeed,
+    hub: Hub,
+    store: DynStore,
+    bus: Bus,
+    remote: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<ChatMessage>>>,
+) {
+    let mut remote = remote.lock().await;
+    let mut seq = Sequencer::default();
+    let mut gaps = tokio::time::interval(GAP_TICK);
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    gaps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dropped = 0u64;
+    loop {
+        let out = tokio::select! {
+            local = feed.recv() => match local {
+                Ok(message) => {
+                    if faults::hit("fanout-panic", &message.body) {
+                        panic!("injected fault: fanout-panic");
+                    }
+                    let message = Arc::unwrap_or_clone(message);
+                    bus.publish(Note::Commit {
+                        m: Box::new(message.clone()),
+                    });
+                    let room = message.room.clone();
+                    seq.offer(message, Instant::now(), || hub.take_floor(&room))
+                }
+                Err(FeedError::Lagged(missed)) => {
+                    tracing::warn!(missed, "fan-out fell behind the commits; resyncing every member");
+                    hub.resync_all();
+                    Vec::new()
+                }
+                Err(FeedError::Closed) => return,
+            },
+            Some(message) = remote.recv() => {
+                // The lossy-bus test drops every Nth note it hears of.
+                if let Some(n) = faults::number("bus-drop") {
+                    dropped += 1;
+                    if dropped.is_multiple_of(n.max(1)) {
+                        continue;
+                    }
+                }
+                let room = message.room.clone();
+                seq.offer(message, Instant::now(), || hub.take_floor(&room))
+            }
+            _ = gaps.tick() => {
+                let mut out = Vec::new();
+                for gap in seq.due(Instant::now()) {
+                    out.extend(fill(&mut seq, &hub, &store, gap).await);
+                }
+                out
+            }
+            _ = sweep.tick() => {
+                let rooms = hub.followed_rooms();
+                let floors = hub.take_floors();
+                let mut out = Vec::new();
+                match tokio::time::timeout(FILL_TIMEOUT, store.heads(&rooms)).await {
+                    Ok(Ok(heads)) => {
+                        for gap in seq.sweep(&heads, &floors, Instant::now()) {
+                            out.extend(fill(&mut seq, &hub, &store, gap).await);
+                        }
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "sweep: reading the rooms' heads failed"),
+                    Err(_) => tracing::warn!("sweep: reading the rooms' heads timed out"),
+                }
+                let now = Instant::now();
+                seq.forget_idle(now, |room| hub.member_count(room) > 0);
+                out
+            }
+        };
+        for message in &out {
+            hand_out(&hub, message);
+        }
+    }
+}
+
+/// Reads a gap's events from the database (once for the node) and puts them in place; a room
+/// nobody here follows is not read, its gap skipped.
+async fn fill(
+    seq: &mut Sequencer,
+    hub: &Hub,
+    store: &DynStore,
+    gap: crate::server::sequencer::Gap,
+) -> Vec<ChatMessage> {
+    if hub.member_count(&gap.room) == 0 {
+        return seq.skip(&gap.room);
+    }
+    let mut read = Vec::new();
+    let mut after = gap.after;
+    while after < gap.upto {
+        match tokio::time::timeout(FILL_TIMEOUT, store.after(&gap.room, after, FILL_BATCH)).await {
+            Ok(Ok(batch)) => {
+                let Some(last) = batch.last() else { break };
+                after = last.seq;
+                let short = batch.len() < FILL_BATCH;
+                read.extend(batch);
+                if short {
+                    break;
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(room = %gap.room, error = %e, "filling a gap from the database failed");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(room = %gap.room, "filling a gap from the database timed out");
+                break;
+            }
+        }
+    }
+    tracing::debug!(room = %gap.room, after = gap.after, read = read.len(), "gap filled from the database");
+    seq.fill(&gap.room, read, Instant::now())
 }
 
 /// Encodes a frame the server built itself; serialising these plain structs cannot fail.
@@ -294,15 +431,58 @@ impl Chat {
         tasks: Tasks,
         limits: RoomLimits,
     ) -> Self {
+        Self::build(store, blobs, hub, tasks, limits, None)
+    }
+
+    /// A chat that is one node of a cluster: its commits go out on `bus`, and the other nodes'
+    /// come in from `commits`.
+    pub fn in_cluster(
+        store: DynStore,
+        blobs: Arc<dyn BlobStore>,
+        hub: Hub,
+        tasks: Tasks,
+        limits: RoomLimits,
+        bus: Bus,
+        commits: tokio::sync::mpsc::Receiver<ChatMessage>,
+    ) -> Self {
+        Self::build(store, blobs, hub, tasks, limits, Some((bus, commits)))
+    }
+
+    fn build(
+        store: DynStore,
+        blobs: Arc<dyn BlobStore>,
+        hub: Hub,
+        tasks: Tasks,
+        limits: RoomLimits,
+        cluster: Option<(Bus, tokio::sync::mpsc::Receiver<ChatMessage>)>,
+    ) -> Self {
         let (s, h) = (store.clone(), hub.clone());
-        tokio::spawn(supervise(tasks.clone(), FANOUT_TASK, move |run| {
-            let feed = s.commits();
-            if run > 0 {
-                h.resync_all();
+        let bus = match cluster {
+            None => {
+                tokio::spawn(supervise(tasks.clone(), FANOUT_TASK, move |run| {
+                    let feed = s.commits();
+                    if run > 0 {
+                        h.resync_all();
+                    }
+                    fan_out(feed, h.clone())
+                }));
+                Bus::none()
             }
-            fan_out(feed, h.clone())
-        }));
-        let presence = Presence::new(hub.clone());
+            Some((bus, commits)) => {
+                hub.set_clustered();
+                let remote = Arc::new(tokio::sync::Mutex::new(commits));
+                let b = bus.clone();
+                tokio::spawn(supervise(tasks.clone(), FANOUT_TASK, move |run| {
+                    let feed = s.commits();
+                    if run > 0 {
+                        h.resync_all();
+                    }
+                    fan_out_cluster(feed, h.clone(), s.clone(), b.clone(), Arc::clone(&remote))
+                }));
+                bus
+            }
+        };
+        let presence = Presence::with_bus(hub.clone(), bus.clone());
         tokio::spawn(supervise(tasks, PRESENCE_TASK, {
             let p = presence.clone();
             move |_| p.clone().run()
@@ -313,6 +493,7 @@ impl Chat {
             hub,
             limits,
             presence,
+            bus,
             sizes: Arc::default(),
         }
     }
@@ -337,7 +518,7 @@ impl Chat {
             username: user.username.clone(),
             stop,
         });
-        self.hub.publish(Delivery {
+        self.relay(Delivery {
             room: room.into(),
             seq: 0,
             rich: encode(&frame),
@@ -346,6 +527,32 @@ impl Chat {
             ephemeral: true,
         });
         Ok(())
+    }
+
+    /// Hands a frame that is not stored (typing, a read position) to the members here, and to
+    /// those on the other nodes of a cluster.
+    fn relay(&self, d: Delivery) {
+        if self.bus.enabled() {
+            self.bus.publish(Note::Relay {
+                room: d.room.to_string(),
+                frame: d.rich.as_str().to_owned(),
+                personal: d.personal.is_some(),
+            });
+        }
+        self.hub.publish(d);
+    }
+
+    /// Hands a frame relayed by another node to the members here.
+    pub fn relayed(&self, room: String, frame: String, personal: bool) {
+        self.hub.publish(Delivery {
+            room: room.into(),
+            seq: 0,
+            rich: Utf8Bytes::from(frame),
+            classic: Utf8Bytes::default(),
+            personal: personal.then_some(Personal::Frame),
+            // Typing is ephemeral; a read position is not (it must not be shed).
+            ephemeral: !personal,
+        });
     }
 
     /// The room's member count, from a cache refreshed every [`SIZE_FOR`].
@@ -941,7 +1148,7 @@ impl Chat {
             unread: read.unread,
             mentions: read.mentions,
         });
-        self.hub.publish(Delivery {
+        self.relay(Delivery {
             room: personal_channel(&user.username).into(),
             seq: 0,
             rich: encode(&frame),

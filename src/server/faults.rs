@@ -21,6 +21,25 @@ pub fn hit(kind: &str, body: &str) -> bool {
         .any(|(k, v)| k == kind && v == body)
 }
 
+/// The number set for the fault `kind` (`bus-drop=3`: every third), if any.
+#[cfg(feature = "faults")]
+pub fn number(kind: &str) -> Option<u64> {
+    use std::sync::OnceLock;
+    static FAULTS: OnceLock<String> = OnceLock::new();
+    FAULTS
+        .get_or_init(|| std::env::var("HUBBUB_FAULTS").unwrap_or_default())
+        .split(',')
+        .filter_map(|f| f.split_once('='))
+        .find(|(k, _)| k.trim() == kind)
+        .and_then(|(_, v)| v.trim().parse().ok())
+}
+
+#[cfg(not(feature = "faults"))]
+#[inline(always)]
+pub fn number(_kind: &str) -> Option<u64> {
+    None
+}
+
 #[cfg(not(feature = "faults"))]
 #[inline(always)]
 pub fn hit(_kind: &str, _body: &str) -> bool {

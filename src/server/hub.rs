@@ -72,6 +72,11 @@ struct Inner {
     queue_len: usize,
     /// Capacity of each member's queue, in bytes of encoded frames.
     queue_bytes: usize,
+    /// Per room, the lowest cursor a connection replayed it to lately: where a cluster node
+    /// that has not yet heard of the room starts ordering its events (see `sequencer.rs`).
+    floors: Mutex<HashMap<Arc<str>, u64>>,
+    /// Whether floors are kept (only a cluster node needs them).
+    clustered: std::sync::atomic::AtomicBool,
 }
 
 /// A member's queue: one small allocation per connection, empty until something is queued (an
@@ -182,6 +187,8 @@ impl Hub {
                 overflows: AtomicU64::new(0),
                 queue_len: queue_len.max(1),
                 queue_bytes: queue_bytes.max(1),
+                floors: Mutex::default(),
+                clustered: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -270,6 +277,44 @@ impl Hub {
     /// Members currently in `room`.
     pub fn member_count(&self, room: &str) -> usize {
         self.rooms().get(room).map_or(0, HashMap::len)
+    }
+
+    /// The rooms (not accounts' own channels) that have members here.
+    pub fn followed_rooms(&self) -> Vec<String> {
+        self.rooms()
+            .keys()
+            .filter(|r| !r.starts_with('@'))
+            .map(|r| r.to_string())
+            .collect()
+    }
+
+    fn floors(&self) -> MutexGuard<'_, HashMap<Arc<str>, u64>> {
+        self.inner.floors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts keeping floors: this node is one of a cluster.
+    pub fn set_clustered(&self) {
+        self.inner.clustered.store(true, Ordering::Relaxed);
+    }
+
+    /// Notes that a connection replayed `room` from storage up to `cursor`.
+    pub fn note_replayed(&self, room: &Arc<str>, cursor: u64) {
+        if !self.inner.clustered.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut floors = self.floors();
+        let floor = floors.entry(Arc::clone(room)).or_insert(cursor);
+        *floor = (*floor).min(cursor);
+    }
+
+    /// The lowest cursor `room` was replayed to since the floors were last taken.
+    pub fn take_floor(&self, room: &str) -> Option<u64> {
+        self.floors().remove(room)
+    }
+
+    /// Every room's floor, forgetting them.
+    pub fn take_floors(&self) -> HashMap<Arc<str>, u64> {
+        std::mem::take(&mut *self.floors())
     }
 }
 

@@ -199,6 +199,14 @@ impl Bucket {
     }
 }
 
+impl Bucket {
+    /// Takes `cost` tokens whatever the balance (down to a burst of debt).
+    pub fn charge(&mut self, now: Instant, cost: f64) {
+        self.refill(now);
+        self.tokens = (self.tokens - cost).max(-self.burst);
+    }
+}
+
 impl Expiring for Bucket {
     fn expired(&self, now: Instant) -> bool {
         // A full bucket is what a new key gets: forgetting it changes nothing.
@@ -222,6 +230,8 @@ pub struct Rates {
     buckets: Arc<Mutex<CappedMap<RateKey, Bucket>>>,
     rate: f64,
     burst: f64,
+    /// On a node of a cluster, what each account spent here since the other nodes were told.
+    spent: Option<Arc<Mutex<HashMap<i64, f64>>>>,
 }
 
 impl Rates {
@@ -232,6 +242,7 @@ impl Rates {
             buckets: Arc::new(Mutex::new(CappedMap::new(MAX_KEYS))),
             rate,
             burst: rate * 2.0,
+            spent: None,
         }
     }
 
@@ -242,10 +253,51 @@ impl Rates {
     /// Spends `cost` of the key's budget, or says how long until it has some again.
     pub fn take(&self, key: RateKey, cost: u32) -> Result<(), Duration> {
         let now = Instant::now();
+        let cost = f64::from(cost.max(1));
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let taken = buckets
+            .entry(key, now, || Bucket::full(now, self.rate, self.burst))
+            .take(now, cost);
+        drop(buckets);
+        if taken.is_ok() {
+            if let (Some(spent), RateKey::Account(id)) = (&self.spent, key) {
+                *spent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(id)
+                    .or_default() += cost;
+            }
+        }
+        taken
+    }
+
+    /// Keeps what each account spends, for [`Rates::drain_spent`]: on a node of a cluster the
+    /// other nodes charge it to the same accounts, so that one budget holds across nodes.
+    pub fn shared(mut self) -> Self {
+        self.spent = Some(Arc::default());
+        self
+    }
+
+    /// What each account spent here since the last call.
+    pub fn drain_spent(&self) -> Vec<(i64, f64)> {
+        let Some(spent) = &self.spent else {
+            return Vec::new();
+        };
+        std::mem::take(&mut *spent.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_iter()
+            .collect()
+    }
+
+    /// Charges an account what it spent on another node (the balance may go into debt, as far
+    /// as a burst).
+    pub fn charge(&self, account: i64, cost: f64) {
+        let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         buckets
-            .entry(key, now, || Bucket::full(now, self.rate, self.burst))
-            .take(now, f64::from(cost.max(1)))
+            .entry(RateKey::Account(account), now, || {
+                Bucket::full(now, self.rate, self.burst)
+            })
+            .charge(now, cost);
     }
 }
 
@@ -308,5 +360,26 @@ mod tests {
         }
         assert!(rates.take(me, 1).is_err());
         assert!(rates.take(RateKey::Account(2), 1).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_an_account_spends_on_another_node_comes_off_its_budget_here() {
+        let here = Rates::new(5).shared();
+        let there = Rates::new(5).shared();
+        let me = RateKey::Account(1);
+        for _ in 0..6 {
+            assert!(there.take(me, 1).is_ok());
+        }
+        let spent = there.drain_spent();
+        assert_eq!(spent, vec![(1, 6.0)]);
+        assert!(there.drain_spent().is_empty());
+        for (account, cost) in spent {
+            here.charge(account, cost);
+        }
+        // A burst of 10 less the 6 spent there.
+        for _ in 0..4 {
+            assert!(here.take(me, 1).is_ok());
+        }
+        assert!(here.take(me, 1).is_err());
     }
 }

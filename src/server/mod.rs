@@ -5,7 +5,9 @@ pub mod access;
 pub mod api;
 pub mod attachments;
 pub mod auth;
+pub mod bus;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod faults;
@@ -15,6 +17,7 @@ pub mod limits;
 pub mod page;
 pub mod pages;
 pub mod presence;
+pub mod sequencer;
 pub mod serve;
 pub mod store;
 pub mod tasks;
@@ -137,13 +140,31 @@ pub enum ServerError {
     Tls(#[from] serve::TlsError),
     #[error("--tls-cert and --tls-key go together")]
     TlsFlags,
+    #[error("--bus joins nodes that share one database: it needs --database postgres://…")]
+    BusWithoutSharedDatabase,
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
 }
 
 impl AppState {
     /// Opens storage and builds the state for `config`, starting the background tasks.
     pub async fn new(config: &Config, leptos_options: LeptosOptions) -> Result<Self, ServerError> {
         let tasks = tasks::Tasks::default();
-        let (store, accounts, blobs) = open_storage(config, &tasks).await?;
+        let shared_db = matches!(config.database, Some(config::Database::Postgres(_)));
+        if config.bus.is_some() && !shared_db {
+            return Err(ServerError::BusWithoutSharedDatabase);
+        }
+        let (store, accounts, blobs, identity) = open_storage(config, &tasks).await?;
+        let cluster = match &config.bus {
+            Some(url) => {
+                let node = config.node_name.clone().unwrap_or_else(default_node_name);
+                let cluster = identity.unwrap_or_default();
+                let (bus, notes) = bus::Bus::connect(url, &node, &cluster, &tasks).await?;
+                tracing::info!(bus = %redact_url(url), node, "cluster node: commits and signals cross nodes on the bus");
+                Some((bus, notes))
+            }
+            None => None,
+        };
         if config.allow_anonymous {
             tracing::warn!(
                 "ANONYMOUS MODE: anyone who can reach this server can read and post in the default room without an account"
@@ -162,6 +183,41 @@ impl AppState {
         });
         auth.session_ttl = config.session_ttl;
         auth.signups_per_hour = config.signups_per_hour;
+        let mut rates = limits::Rates::new(config.message_rate);
+        let hub = hub::Hub::new(config.queue_len, config.queue_bytes);
+        let room_limits = chat::RoomLimits {
+            max_members: config.max_room_members,
+            rooms_per_hour: config.rooms_per_hour,
+            edit_window: config.edit_window.0,
+            max_reactions: config.max_reactions,
+            typing_max_members: config.typing_max_members,
+        };
+        let chat = match cluster {
+            None => chat::Chat::with_limits(store, blobs, hub, tasks.clone(), room_limits),
+            Some((bus, notes)) => {
+                auth.bus = bus.clone();
+                rates = rates.shared();
+                let (commits_tx, commits_rx) = tokio::sync::mpsc::channel(65_536);
+                let chat = chat::Chat::in_cluster(
+                    store,
+                    blobs,
+                    hub,
+                    tasks.clone(),
+                    room_limits,
+                    bus.clone(),
+                    commits_rx,
+                );
+                let parts = cluster::Parts {
+                    chat: chat.clone(),
+                    auth: auth.clone(),
+                    rates: rates.clone(),
+                    commits: commits_tx,
+                };
+                tokio::spawn(cluster::hand_out(notes, parts));
+                tokio::spawn(cluster::tell_usage(bus, auth.clone(), rates.clone()));
+                chat
+            }
+        };
         tokio::spawn(tasks::supervise(tasks.clone(), PURGE_TASK, {
             let accounts = auth.accounts.clone();
             move |_| purge(accounts.clone())
@@ -169,26 +225,14 @@ impl AppState {
         Ok(AppState {
             auth,
             leptos_options,
-            chat: chat::Chat::with_limits(
-                store,
-                blobs,
-                hub::Hub::new(config.queue_len, config.queue_bytes),
-                tasks.clone(),
-                chat::RoomLimits {
-                    max_members: config.max_room_members,
-                    rooms_per_hour: config.rooms_per_hour,
-                    edit_window: config.edit_window.0,
-                    max_reactions: config.max_reactions,
-                    typing_max_members: config.typing_max_members,
-                },
-            ),
+            chat,
             shutdown: watch::Sender::new(false),
             connections: Connections::default(),
             ws_limits: ws::Limits {
                 ping_interval: config.ping_interval,
                 send_timeout: config.send_timeout,
             },
-            rates: limits::Rates::new(config.message_rate),
+            rates,
             registration: config.registration,
             request_timeout: config.request_timeout,
             tasks,
@@ -219,6 +263,7 @@ async fn open_storage(
         store::DynStore,
         store::DynAccounts,
         Arc<dyn files::BlobStore>,
+        Option<String>,
     ),
     ServerError,
 > {
@@ -230,6 +275,7 @@ async fn open_storage(
             store.clone() as store::DynStore,
             store as store::DynAccounts,
             blobs,
+            None,
         ))
     };
     match &config.database {
@@ -242,13 +288,25 @@ async fn open_storage(
             let blobs: Arc<dyn files::BlobStore> =
                 Arc::new(files::PgBlobs::new(store.pool(), &config.data_dir)?);
             tracing::info!(database = %redact_url(url), "storage: PostgreSQL");
+            let identity = store.identity().await?;
             Ok((
                 store.clone() as store::DynStore,
                 store as store::DynAccounts,
                 blobs,
+                Some(identity),
             ))
         }
     }
+}
+
+/// This node's name when none is given: the host's name and the process's id.
+fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 /// A database URL without its password, for logs.

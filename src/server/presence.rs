@@ -3,17 +3,27 @@
 //! (at most one per person per [`FLUSH_EVERY`]) and go, through the hub, only to the sessions
 //! that share a room with the person. Nothing here is stored or replayed, and the hub sheds it
 //! first when a session's queue is under pressure. No SQL, no HTTP.
+//!
+//! On a node of a cluster, each node tells the others (on the bus) how its people are, and
+//! everyone's view merges them: a person active on one node and gone from another is active.
+//! Each node repeats its whole list every [`HEARTBEAT_EVERY`]; a node not heard of for
+//! [`NODE_EXPIRES`] is taken to be gone, and its people offline there.
 
 use crate::protocol::{PresenceInfo, PresenceUpdate, ServerFrame, Status};
+use crate::server::bus::{Bus, NodePerson, Note};
 use crate::server::chat::encode;
 use crate::server::hub::{Delivery, Hub};
 use axum::extract::ws::Utf8Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often changes go out; a person flickering faster is seen at this pace.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How often a cluster node sends its whole list of people.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+/// A node not heard of this long is gone, and its people offline there.
+pub const NODE_EXPIRES: Duration = Duration::from_secs(35);
 
 /// The registry's handle: cheap to clone.
 #[derive(Clone)]
@@ -21,16 +31,27 @@ pub struct Presence {
     inner: Arc<Mutex<State>>,
     /// Where changes go out.
     hub: Hub,
+    /// Where this node's changes go to the others (a no-op on a single node).
+    bus: Bus,
 }
 
 #[derive(Default)]
 struct State {
-    /// By username.
+    /// By username: the people with sessions on this node (or who had some).
     people: HashMap<Arc<str>, Person>,
-    /// Room → the people following it (with how many of their sessions do).
+    /// Room → the people following it here (with how many of their sessions do).
     rooms: HashMap<Arc<str>, HashMap<Arc<str>, u32>>,
     /// People whose status may have changed since the last flush.
     dirty: HashSet<Arc<str>>,
+    /// What was last sent out of each person (the merged status).
+    shown: HashMap<Arc<str>, Status>,
+    /// The other nodes' people, by node.
+    nodes: HashMap<String, NodeView>,
+}
+
+struct NodeView {
+    people: HashMap<Arc<str>, NodePerson>,
+    heard: Instant,
 }
 
 struct Person {
@@ -41,8 +62,16 @@ struct Person {
     rooms: HashMap<Arc<str>, u32>,
     /// When the person was last active (ms since the epoch).
     last_active: i64,
-    /// What was last sent out.
-    shown: Status,
+    /// What the other nodes were last told of the person.
+    told: Option<NodePerson>,
+}
+
+fn rank(s: Status) -> u8 {
+    match s {
+        Status::Offline => 0,
+        Status::Idle => 1,
+        Status::Active => 2,
+    }
 }
 
 impl Person {
@@ -56,12 +85,42 @@ impl Person {
         }
     }
 
-    fn info(&self) -> PresenceInfo {
-        PresenceInfo {
+    fn as_node_person(&self) -> NodePerson {
+        let mut rooms: Vec<String> = self.rooms.keys().map(|r| r.to_string()).collect();
+        rooms.sort();
+        NodePerson {
             username: self.username.to_string(),
             status: self.status(),
             last_active: self.last_active,
+            rooms,
         }
+    }
+}
+
+impl State {
+    /// The person as every node together sees them, with the rooms they follow anywhere.
+    fn merged(&self, username: &str) -> (PresenceInfo, Vec<Arc<str>>) {
+        let mut info = PresenceInfo {
+            username: username.to_owned(),
+            status: Status::Offline,
+            last_active: 0,
+        };
+        let mut rooms: HashSet<Arc<str>> = HashSet::new();
+        if let Some(p) = self.people.get(username) {
+            info.status = p.status();
+            info.last_active = p.last_active;
+            rooms.extend(p.rooms.keys().cloned());
+        }
+        for view in self.nodes.values() {
+            if let Some(p) = view.people.get(username) {
+                if rank(p.status) > rank(info.status) {
+                    info.status = p.status;
+                }
+                info.last_active = info.last_active.max(p.last_active);
+                rooms.extend(p.rooms.iter().map(|r| Arc::from(r.as_str())));
+            }
+        }
+        (info, rooms.into_iter().collect())
     }
 }
 
@@ -77,9 +136,15 @@ pub struct Session {
 
 impl Presence {
     pub fn new(hub: Hub) -> Self {
+        Self::with_bus(hub, Bus::none())
+    }
+
+    /// A registry that tells the other nodes of a cluster, through `bus`, about its people.
+    pub fn with_bus(hub: Hub, bus: Bus) -> Self {
         Presence {
             inner: Arc::new(Mutex::new(State::default())),
             hub,
+            bus,
         }
     }
 
@@ -100,7 +165,7 @@ impl Presence {
                 sessions: HashMap::new(),
                 rooms: HashMap::new(),
                 last_active: now,
-                shown: Status::Offline,
+                told: None,
             });
         person.sessions.insert(id, Status::Active);
         person.last_active = now;
@@ -116,13 +181,22 @@ impl Presence {
     /// The people of `room` who are not offline.
     pub fn snapshot(&self, room: &str) -> Vec<PresenceInfo> {
         let st = self.lock();
-        let Some(people) = st.rooms.get(room) else {
-            return Vec::new();
-        };
-        let mut out: Vec<PresenceInfo> = people
-            .keys()
-            .filter_map(|id| st.people.get(id))
-            .map(Person::info)
+        let mut names: HashSet<&str> = st
+            .rooms
+            .get(room)
+            .map(|people| people.keys().map(|u| &**u).collect())
+            .unwrap_or_default();
+        for view in st.nodes.values() {
+            names.extend(
+                view.people
+                    .values()
+                    .filter(|p| p.rooms.iter().any(|r| r == room))
+                    .map(|p| p.username.as_str()),
+            );
+        }
+        let mut out: Vec<PresenceInfo> = names
+            .into_iter()
+            .map(|u| st.merged(u).0)
             .filter(|p| p.status != Status::Offline)
             .collect();
         out.sort_by(|a, b| a.username.cmp(&b.username));
@@ -131,35 +205,46 @@ impl Presence {
 
     /// The presence of someone (offline, last active `0`, if not seen since start).
     pub fn of(&self, username: &str) -> PresenceInfo {
-        match self.lock().people.get(username) {
-            Some(p) => p.info(),
-            None => PresenceInfo {
-                username: username.to_owned(),
-                status: Status::Offline,
-                last_active: 0,
-            },
-        }
+        self.lock().merged(username).0
     }
 
-    /// Sends out what changed since the last flush: one `presence` frame per person whose shown
-    /// status changed, to every session in a room with them. People offline with no session
-    /// left are forgotten but for their last-active time.
+    /// Sends out the changes since the last flush: each person whose merged status differs from
+    /// what was last shown, once, to the rooms they are in; and, on a cluster node, this node's
+    /// view of its people to the other nodes. Returns how many changes went out.
     pub fn flush(&self) -> usize {
         let mut out: Vec<(Vec<Arc<str>>, PresenceInfo)> = Vec::new();
+        let mut tell: Vec<NodePerson> = Vec::new();
         {
             let mut st = self.lock();
             let dirty: Vec<Arc<str>> = st.dirty.drain().collect();
             for user in dirty {
-                let Some(person) = st.people.get_mut(&user) else {
-                    continue;
-                };
-                let now = person.status();
-                if now == person.shown {
+                if self.bus.enabled() {
+                    if let Some(person) = st.people.get_mut(&user) {
+                        let now = person.as_node_person();
+                        if person.told.as_ref() != Some(&now) {
+                            person.told = Some(now.clone());
+                            tell.push(now);
+                        }
+                    }
+                }
+                let (info, rooms) = st.merged(&user);
+                let shown = st.shown.get(&user).copied().unwrap_or(Status::Offline);
+                if info.status == shown {
                     continue;
                 }
-                person.shown = now;
-                out.push((person.rooms.keys().cloned().collect(), person.info()));
+                if info.status == Status::Offline {
+                    st.shown.remove(&user);
+                } else {
+                    st.shown.insert(Arc::clone(&user), info.status);
+                }
+                out.push((rooms, info));
             }
+        }
+        if !tell.is_empty() {
+            self.bus.publish(Note::Presence {
+                people: tell,
+                full: false,
+            });
         }
         let sent = out.len();
         for (rooms, info) in out {
@@ -168,7 +253,7 @@ impl Presence {
         sent
     }
 
-    /// Sends one person's presence to the sessions of `rooms`.
+    /// Tells the sessions in `rooms` (each once) how `info`'s person is.
     fn announce(&self, rooms: &[Arc<str>], info: PresenceInfo) {
         let frame = ServerFrame::Presence(PresenceUpdate {
             room: None,
@@ -187,19 +272,90 @@ impl Presence {
         );
     }
 
-    /// Runs [`Presence::flush`] every [`FLUSH_EVERY`], for ever.
+    /// Takes what another node says of its people (`full`: all of them; whoever it no longer
+    /// lists is offline there). The changes go out at the next flush.
+    pub fn from_node(&self, node: &str, people: Vec<NodePerson>, full: bool) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let view = st.nodes.entry(node.to_owned()).or_insert_with(|| NodeView {
+            people: HashMap::new(),
+            heard: Instant::now(),
+        });
+        view.heard = Instant::now();
+        if full {
+            let listed: HashSet<&str> = people.iter().map(|p| p.username.as_str()).collect();
+            let gone: Vec<Arc<str>> = view
+                .people
+                .keys()
+                .filter(|u| !listed.contains(&***u))
+                .cloned()
+                .collect();
+            for user in gone {
+                view.people.remove(&user);
+                st.dirty.insert(user);
+            }
+        }
+        for p in people {
+            let user: Arc<str> = Arc::from(p.username.as_str());
+            if p.status == Status::Offline {
+                view.people.remove(&user);
+            } else {
+                view.people.insert(Arc::clone(&user), p);
+            }
+            st.dirty.insert(user);
+        }
+    }
+
+    /// Sends this node's whole list to the others, and forgets the nodes not heard of lately.
+    fn heartbeat(&self) {
+        let people: Vec<NodePerson> = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let expired: Vec<String> = st
+                .nodes
+                .iter()
+                .filter(|(_, v)| v.heard.elapsed() >= NODE_EXPIRES)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for node in expired {
+                tracing::info!(
+                    node,
+                    "no presence from this node lately: its people are offline there"
+                );
+                if let Some(view) = st.nodes.remove(&node) {
+                    st.dirty.extend(view.people.into_keys());
+                }
+            }
+            st.people
+                .values()
+                .filter(|p| !p.sessions.is_empty())
+                .map(Person::as_node_person)
+                .collect()
+        };
+        self.bus.publish(Note::Presence { people, full: true });
+    }
+
+    /// Flushes every [`FLUSH_EVERY`] (and, on a cluster node, sends the heartbeat); runs until
+    /// dropped.
     pub async fn run(self) {
         let mut every = tokio::time::interval(FLUSH_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let beats = (HEARTBEAT_EVERY.as_secs() / FLUSH_EVERY.as_secs()).max(1);
+        let mut n = 0u64;
         loop {
             every.tick().await;
+            if self.bus.enabled() && n.is_multiple_of(beats) {
+                self.heartbeat();
+            }
+            n += 1;
             self.flush();
         }
     }
 }
 
 impl Session {
-    /// The session's person is now `status` (`Offline` is not a session's to say).
+    /// Sets this session's status (`Offline` is taken as idle: a session is offline only by
+    /// closing).
     pub fn set(&self, status: Status, now: i64) {
         let status = if status == Status::Offline {
             Status::Idle
@@ -211,7 +367,7 @@ impl Session {
             if status == Status::Active {
                 p.last_active = now;
             } else if p.sessions.get(&self.id) == Some(&Status::Active) {
-                // Idle from now: it was active until a moment ago.
+                // The moment it stopped being active is when it was last active.
                 p.last_active = now;
             }
             p.sessions.insert(self.id, status);
@@ -219,7 +375,7 @@ impl Session {
         st.dirty.insert(Arc::clone(&self.user));
     }
 
-    /// The session follows `room`: its person's changes reach the room's sessions.
+    /// Counts this session in `room`: the person's changes reach the room's sessions.
     pub fn follow(&mut self, room: &str) {
         if self.rooms.iter().any(|r| &**r == room) {
             return;
@@ -235,9 +391,12 @@ impl Session {
         if let Some(p) = st.people.get_mut(&*self.user) {
             *p.rooms.entry(room).or_default() += 1;
         }
+        if self.presence.bus.enabled() {
+            // The other nodes learn of the room at the next flush.
+            st.dirty.insert(Arc::clone(&self.user));
+        }
     }
 
-    /// The session no longer follows `room`.
     pub fn unfollow(&mut self, room: &str) {
         let Some(at) = self.rooms.iter().position(|r| &**r == room) else {
             return;
@@ -245,10 +404,12 @@ impl Session {
         let room = self.rooms.swap_remove(at);
         let mut st = self.presence.lock();
         uncount(&mut st, &self.user, &room);
+        if self.presence.bus.enabled() {
+            st.dirty.insert(Arc::clone(&self.user));
+        }
     }
 }
 
-/// Takes one of `user`'s sessions out of `room`'s counts.
 fn uncount(st: &mut State, user: &Arc<str>, room: &Arc<str>) {
     if let Some(people) = st.rooms.get_mut(room) {
         if let Some(n) = people.get_mut(user) {
@@ -282,22 +443,47 @@ impl Drop for Session {
         if p.sessions.remove(&self.id) == Some(Status::Active) {
             p.last_active = now;
         }
-        // The person's last session closed: they are offline at once, told to every room they
-        // were in (this session's among them, so before its counts go).
-        let gone = p.sessions.is_empty().then(|| {
-            p.shown = Status::Offline;
-            (p.rooms.keys().cloned().collect::<Vec<_>>(), p.info())
-        });
-        if gone.is_none() {
-            st.dirty.insert(Arc::clone(&self.user));
-        }
+        let last_here = p.sessions.is_empty();
+        // The rooms to tell, taken before this session's are uncounted.
+        let (info, told_rooms) = st.merged(&self.user);
+        st.dirty.insert(Arc::clone(&self.user));
         for room in &rooms {
             uncount(&mut st, &self.user, room);
         }
+        // The last session anywhere closing is told at once, without waiting for a flush.
+        let gone = (last_here && info.status == Status::Offline)
+            .then(|| st.shown.remove(&*self.user).map(|_| (told_rooms, info)))
+            .flatten();
         drop(st);
         if let Some((rooms, info)) = gone {
             self.presence.announce(&rooms, info);
         }
+        if last_here && self.presence.bus.enabled() {
+            // The other nodes hear of it now, too.
+            self.presence.flush_one(&self.user);
+        }
+    }
+}
+
+impl Presence {
+    /// Tells the other nodes how `user` is here now, if that changed.
+    fn flush_one(&self, user: &str) {
+        let note = {
+            let mut st = self.lock();
+            let Some(person) = st.people.get_mut(user) else {
+                return;
+            };
+            let now = person.as_node_person();
+            if person.told.as_ref() == Some(&now) {
+                return;
+            }
+            person.told = Some(now.clone());
+            now
+        };
+        self.bus.publish(Note::Presence {
+            people: vec![note],
+            full: false,
+        });
     }
 }
 
@@ -373,5 +559,43 @@ mod tests {
         s.set(Status::Idle, 3);
         presence.flush();
         assert!(seen(&mut inside).is_empty(), "no longer shares a room");
+    }
+
+    #[test]
+    fn the_other_nodes_people_merge_with_this_nodes() {
+        let hub = Hub::new(64, 1 << 20);
+        let presence = Presence::new(hub.clone());
+        let mut watcher = hub.subscribe();
+        watcher.join("general");
+        let ann = |status| NodePerson {
+            username: "ann".into(),
+            status,
+            last_active: 5_000,
+            rooms: vec!["general".into()],
+        };
+        // Ann is active on another node only.
+        presence.from_node("b", vec![ann(Status::Active)], false);
+        presence.flush();
+        assert_eq!(seen(&mut watcher), vec![("ann".into(), Status::Active)]);
+        assert_eq!(presence.snapshot("general")[0].username, "ann");
+        // Idle here and active there: active.
+        let mut here = presence.connect("ann", 1, 6_000);
+        here.follow("general");
+        here.set(Status::Idle, 7_000);
+        presence.flush();
+        assert!(seen(&mut watcher).is_empty());
+        assert_eq!(presence.of("ann").last_active, 7_000);
+        // The other node's full list no longer has her: idle (here).
+        presence.from_node("b", vec![], true);
+        presence.flush();
+        assert_eq!(seen(&mut watcher), vec![("ann".into(), Status::Idle)]);
+        // Her last session here closes while another node says she is idle: still idle.
+        presence.from_node("c", vec![ann(Status::Idle)], false);
+        drop(here);
+        presence.flush();
+        assert!(seen(&mut watcher).is_empty());
+        presence.from_node("c", vec![ann(Status::Offline)], false);
+        presence.flush();
+        assert_eq!(seen(&mut watcher), vec![("ann".into(), Status::Offline)]);
     }
 }

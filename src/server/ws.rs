@@ -648,6 +648,7 @@ impl Connection {
             }
             self.cursors.insert(Arc::clone(room), cursor);
             if len < REPLAY_BATCH {
+                self.chat.hub.note_replayed(room, cursor);
                 return Ok(());
             }
             flush(socket).await?;

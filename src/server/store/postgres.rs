@@ -122,6 +122,28 @@ impl PgStore {
     pub fn pool(&self) -> PgPool {
         self.pool.clone()
     }
+
+    /// What tells this database apart from every other (the server's system identifier and
+    /// the database's name): the nodes that share it are one cluster, and their bus subject
+    /// is made from it, so two clusters on one bus never hear each other.
+    pub async fn identity(&self) -> Result<String, StoreError> {
+        let system: Result<(i64, String), _> = sqlx::query_as(
+            "SELECT system_identifier, current_database()::text FROM pg_control_system()",
+        )
+        .fetch_one(&self.pool)
+        .await;
+        if let Ok((system, name)) = system {
+            return Ok(format!("{system}/{name}"));
+        }
+        // A role that may not read the control data: the server's address and the name.
+        let (name,): (String,) = sqlx::query_as(
+            "SELECT current_database()::text || '@' || coalesce(host(inet_server_addr()), 'local') \
+             || ':' || coalesce(inet_server_port(), 0)::text",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(name)
+    }
 }
 
 struct PgBatches {

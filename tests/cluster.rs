@@ -1,0 +1,939 @@
+//! Several nodes of one cluster, each the real binary, sharing a PostgreSQL database (a fresh one
+//! per test) and a NATS bus, some behind nginx started with `deploy/nginx.conf`. Messages cross
+//! nodes in order and once; a node killed with SIGKILL, a bus killed and restarted, and a rolling
+//! restart lose and repeat nothing; revocations, removals and per-account limits hold on every
+//! node. Tests that kill the bus start their own nats-server on a spare port.
+
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+use futures_util::{SinkExt, StreamExt};
+use helpers::*;
+use hubbub::protocol::{Ack, ClientFrame, ErrorCode, ServerFrame, SUBPROTOCOL};
+use hubbub::server::store::scratch::ScratchDb;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The bus the tests share unless they kill it: the machine's, or the one `scripts/services`
+/// started.
+fn shared_nats() -> String {
+    std::env::var("HUBBUB_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// One node: the binary on a fixed port (so it can be restarted where nginx expects it).
+struct Node {
+    name: String,
+    port: u16,
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    process: Option<ServerProcess>,
+}
+
+impl Node {
+    fn start(name: &str, db: &str, bus: &str, extra: &[&str], env: &[(&str, &str)]) -> Node {
+        let port = free_port();
+        let mut args: Vec<String> = [
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--database",
+            db,
+            "--bus",
+            bus,
+            "--node-name",
+            name,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let mut node = Node {
+            name: name.to_owned(),
+            port,
+            dir: tempfile::tempdir().expect("tempdir"),
+            args,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            process: None,
+        };
+        node.up();
+        node
+    }
+
+    fn up(&mut self) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.process = Some(ServerProcess::start_with(self.dir.path(), &args, &env, &[]));
+    }
+
+    fn process(&self) -> &ServerProcess {
+        self.process.as_ref().expect("running")
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn kill9(&mut self) {
+        if let Some(p) = self.process.take() {
+            p.signal("-KILL");
+            drop(p);
+        }
+    }
+
+    /// SIGTERM, and waits for the process to finish its shutdown.
+    async fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.signal("-TERM");
+            let status = tokio::time::timeout(Duration::from_secs(10), p.wait_exit())
+                .await
+                .expect("stopped in time");
+            assert!(
+                status.success(),
+                "{} stopped cleanly: {status:?}",
+                self.name
+            );
+        }
+    }
+
+    async fn health(&self) -> Value {
+        reqwest::get(self.url("/healthz"))
+            .await
+            .expect("health")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    async fn post(&self, body: &str, client_id: &str) -> u16 {
+        reqwest::Client::new()
+            .post(self.url("/api/rooms/general/messages"))
+            .json(&json!({ "body": body, "user": "poster", "client_id": client_id }))
+            .send()
+            .await
+            .expect("post")
+            .status()
+            .as_u16()
+    }
+}
+
+/// A nats-server of the test's own, on a spare port, to kill and restart.
+struct OwnNats {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnNats {
+    fn start() -> OwnNats {
+        let mut n = OwnNats {
+            port: free_port(),
+            child: None,
+        };
+        n.up();
+        n
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn up(&mut self) {
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server (scripts/services installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// nginx with `deploy/nginx.conf`, only its ports, certificate and log paths changed.
+struct Nginx {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Nginx {
+    fn start(nodes: &[&Node]) -> Nginx {
+        assert_eq!(nodes.len(), 3, "the file names three nodes");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl")
+            .success();
+        assert!(made, "openssl made a certificate");
+        let port = free_port();
+        let conf =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf"))
+                .expect("deploy/nginx.conf");
+        let d = dir.path().display();
+        let mut conf = conf
+            .replace("listen 443 ssl;", &format!("listen 127.0.0.1:{port} ssl;"))
+            .replace("listen [::]:443 ssl;", "")
+            .replace("/etc/hubbub/tls/cert.pem", &cert.display().to_string())
+            .replace("/etc/hubbub/tls/key.pem", &key.display().to_string())
+            .replace("/var/log/nginx/", &format!("{d}/"));
+        for (i, node) in nodes.iter().enumerate() {
+            let from = format!("127.0.0.1:300{}", i + 1);
+            assert!(conf.contains(&from), "the file names {from}");
+            conf = conf.replace(&from, &node.addr());
+        }
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).expect("write conf");
+        let nginx = ["/usr/sbin/nginx", "nginx"]
+            .into_iter()
+            .find(|c| std::process::Command::new(c).arg("-v").output().is_ok())
+            .expect("nginx (scripts/services installs it)");
+        let child = std::process::Command::new(nginx)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&path)
+            .args(["-g", &format!("daemon off; pid {d}/nginx.pid;")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start nginx");
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx { port, dir, child }
+    }
+
+    fn tls(&self) -> tokio_rustls::TlsConnector {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(self.dir.path().join("cert.pem"))
+            .expect("pem")
+        {
+            roots.add(c.expect("cert")).expect("root");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+type TlsWs = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// A `hubbub.v1` socket through nginx (TLS), or the reason there is none now.
+async fn through_nginx(port: u16, tls: &tokio_rustls::TlsConnector) -> Result<TlsWs, String> {
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let stream = tls.connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let mut req = "wss://localhost/ws".into_client_request().expect("request");
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    let (ws, _) = tokio_tungstenite::client_async(req, stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ws)
+}
+
+/// What one chatting client saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Every seq delivered to it, in the order delivered (across reconnects).
+    seqs: Vec<u64>,
+    /// Its client_id → the seq its ack gave.
+    acked: HashMap<String, u64>,
+    reconnects: u32,
+}
+
+/// Sends `n` messages to `general` through nginx, at most a few unacked at once; whenever its
+/// socket is cut it reconnects (to whichever node nginx picks), resumes from its cursor and
+/// resends what was not acked, with the same client_ids. Then it reads until it has seen every
+/// seq up to `until()` (the last seq any client was acked). Every seq must arrive once, in order.
+async fn chatter(
+    me: usize,
+    n: usize,
+    port: u16,
+    tls: tokio_rustls::TlsConnector,
+    last_acked: Arc<std::sync::atomic::AtomicU64>,
+    all_sent: Arc<std::sync::atomic::AtomicUsize>,
+    clients: usize,
+) -> Seen {
+    use std::sync::atomic::Ordering;
+    const WINDOW: usize = 4;
+    const PACE: Duration = Duration::from_millis(15);
+    let mut seen = Seen::default();
+    let mut cursor = 0u64;
+    let mut next_id = 0usize;
+    let mut unacked: BTreeMap<String, String> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut done_sending = false;
+    'connection: loop {
+        assert!(
+            Instant::now() < deadline,
+            "client {me} ran out of time: {seen:?}"
+        );
+        let mut ws = match through_nginx(port, &tls).await {
+            Ok(ws) => ws,
+            Err(e) => {
+                if Instant::now() + Duration::from_secs(85) > deadline {
+                    eprintln!("client {me}: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let hello = ClientFrame::Hello {
+            resume: BTreeMap::from([("general".to_owned(), cursor)]),
+            user: Some(format!("client{me}")),
+        };
+        if ws
+            .send(Message::text(serde_json::to_string(&hello).expect("json")))
+            .await
+            .is_err()
+        {
+            seen.reconnects += 1;
+            continue;
+        }
+        // What was sent and not acked goes again, under the same client_id.
+        for (id, body) in &unacked {
+            let frame = send_frame("general", id, body);
+            if ws
+                .send(Message::text(serde_json::to_string(&frame).expect("json")))
+                .await
+                .is_err()
+            {
+                seen.reconnects += 1;
+                continue 'connection;
+            }
+        }
+        loop {
+            while !done_sending && unacked.len() < WINDOW && next_id < n {
+                // A steady load, so that the disruption falls in the middle of it.
+                tokio::time::sleep(PACE).await;
+                let id = format!("c{me}-{next_id}");
+                let body = format!("client {me} message {next_id}");
+                next_id += 1;
+                unacked.insert(id.clone(), body.clone());
+                let frame = send_frame("general", &id, &body);
+                if ws
+                    .send(Message::text(serde_json::to_string(&frame).expect("json")))
+                    .await
+                    .is_err()
+                {
+                    seen.reconnects += 1;
+                    continue 'connection;
+                }
+            }
+            if !done_sending && next_id == n && unacked.is_empty() {
+                done_sending = true;
+                all_sent.fetch_add(1, Ordering::SeqCst);
+            }
+            if done_sending
+                && all_sent.load(Ordering::SeqCst) == clients
+                && cursor >= last_acked.load(Ordering::SeqCst)
+            {
+                let _ = ws.close(None).await;
+                return seen;
+            }
+            let frame = match tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
+                Err(_) => continue, // nothing for a while: look at the counters again
+                Ok(Some(Ok(Message::Text(t)))) => t,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(_) => {
+                    seen.reconnects += 1;
+                    continue 'connection;
+                }
+            };
+            match serde_json::from_str::<ServerFrame>(&frame) {
+                Ok(ServerFrame::Message(m)) if m.room == "general" => {
+                    assert_eq!(
+                        m.seq,
+                        cursor + 1,
+                        "client {me}: seq {} after {cursor} (a gap or a repeat)",
+                        m.seq
+                    );
+                    cursor = m.seq;
+                    seen.seqs.push(m.seq);
+                }
+                Ok(ServerFrame::Ack(Ack { client_id, seq, .. }))
+                    if unacked.remove(&client_id).is_some() =>
+                {
+                    seen.acked.insert(client_id, seq);
+                    last_acked.fetch_max(seq, Ordering::SeqCst);
+                }
+                Ok(ServerFrame::Error(e)) if e.code == ErrorCode::Internal => {
+                    seen.reconnects += 1;
+                    continue 'connection;
+                }
+                Ok(ServerFrame::Error(e)) => panic!("client {me}: {e:?}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `clients` chatters through nginx while `disrupt` runs, then checks that every client saw
+/// every acked message exactly once, in order, and that the database holds each message once.
+async fn chat_through<F, Fut>(
+    db: &ScratchDb,
+    nginx: &Nginx,
+    clients: usize,
+    n: usize,
+    disrupt: F,
+) -> Vec<Seen>
+where
+    F: FnOnce(Progress) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let last_acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let all_sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..clients)
+        .map(|me| {
+            tokio::spawn(chatter(
+                me,
+                n,
+                nginx.port,
+                nginx.tls(),
+                Arc::clone(&last_acked),
+                Arc::clone(&all_sent),
+                clients,
+            ))
+        })
+        .collect();
+    disrupt(Progress {
+        acked: Arc::clone(&last_acked),
+        total: (clients * n) as u64,
+    })
+    .await;
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await.expect("client"));
+    }
+    let head = last_acked.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(head as usize, clients * n, "one seq per message sent");
+    for (me, s) in seen.iter().enumerate() {
+        assert_eq!(s.acked.len(), n, "client {me} had every message acked");
+        // Each client saw 1..=head, once each and in order (the chatter asserted the order).
+        assert_eq!(s.seqs.len() as u64, head, "client {me}");
+    }
+    let pool = sqlx::PgPool::connect(db.url()).await.expect("db");
+    let (stored, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT client_id) FROM messages m JOIN rooms r ON r.id = m.room_id \
+         WHERE r.name = 'general' AND m.kind = 'message'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("count");
+    assert_eq!(
+        (stored, distinct),
+        ((clients * n) as i64, (clients * n) as i64)
+    );
+    let reconnects: u32 = seen.iter().map(|s| s.reconnects).sum();
+    eprintln!("{clients} clients, {n} messages each, {reconnects} reconnects");
+    assert!(reconnects >= 1, "the disruption cut some clients off");
+    seen
+}
+
+/// How far the chatters got: the highest seq acked so far, of `total`.
+struct Progress {
+    acked: Arc<std::sync::atomic::AtomicU64>,
+    total: u64,
+}
+
+impl Progress {
+    /// Waits until `part` of the messages were acked.
+    async fn at(&self, part: f64) {
+        let want = (self.total as f64 * part) as u64;
+        while self.acked.load(std::sync::atomic::Ordering::SeqCst) < want {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Reads `count` messages of `general` from a socket and returns their seqs.
+async fn collect(ws: &mut Ws, count: usize) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    while seqs.len() < count {
+        if let ServerFrame::Message(m) = next_durable(ws).await {
+            if m.room == "general" && m.is_message() {
+                seqs.push(m.seq);
+            }
+        }
+    }
+    seqs
+}
+
+/// Nothing more arrives on `ws` for a while (no repeats).
+async fn nothing_more(ws: &mut Ws) {
+    let more = tokio::time::timeout(Duration::from_millis(1_500), async {
+        loop {
+            match next(ws).await {
+                ServerFrame::Message(m) => return m,
+                _ => continue,
+            }
+        }
+    })
+    .await;
+    assert!(more.is_err(), "a message arrived twice: {more:?}");
+}
+
+fn consecutive(seqs: &[u64]) -> bool {
+    seqs.windows(2).all(|w| w[1] == w[0] + 1)
+}
+
+#[tokio::test]
+async fn a_message_posted_on_one_node_reaches_the_others_in_order_once() {
+    let db = ScratchDb::create().await.expect("scratch database");
+    let bus = shared_nats();
+    let a = Node::start("a", db.url(), &bus, &[], &[]);
+    let b = Node::start("b", db.url(), &bus, &[], &[]);
+    let c = Node::start("c", db.url(), &bus, &[], &[]);
+    let mut on_b = b.process().rich(0).await;
+    let mut on_c = c.process().rich(0).await;
+    // By socket on A, then by HTTP on A, then by HTTP on C (C's clients see their own node's).
+    let mut on_a = a.process().rich(0).await;
+    let acks = send_many(&mut on_a, "sock", 50).await;
+    assert!(consecutive(&acks));
+    for i in 0..10 {
+        assert_eq!(
+            a.post(&format!("http {i}"), &format!("http-{i}")).await,
+            201
+        );
+    }
+    assert_eq!(c.post("from c", "c-1").await, 201);
+    for ws in [&mut on_b, &mut on_c] {
+        let seqs = collect(ws, 61).await;
+        assert_eq!(seqs, (1..=61).collect::<Vec<u64>>());
+        nothing_more(ws).await;
+    }
+    for node in [&a, &b, &c] {
+        let h = node.health().await;
+        assert_eq!(h["status"], "ok", "{h}");
+        assert_eq!(h["bus"]["connected"], true, "{h}");
+    }
+}
+
+#[tokio::test]
+async fn a_node_killed_mid_load_loses_and_repeats_nothing_through_nginx() {
+    let db = ScratchDb::create().await.expect("scratch database");
+    let bus = shared_nats();
+    let proxy = ["--secure-cookies", "--trusted-proxy", "127.0.0.1"];
+    let a = Node::start("a", db.url(), &bus, &proxy, &[]);
+    let mut b = Node::start("b", db.url(), &bus, &proxy, &[]);
+    let c = Node::start("c", db.url(), &bus, &proxy, &[]);
+    let nginx = Nginx::start(&[&a, &b, &c]);
+    let seen = chat_through(&db, &nginx, 5, 100, |progress| async move {
+        progress.at(0.3).await;
+        b.kill9();
+    })
+    .await;
+    // A resend, after the kill, of what was acked before it stores nothing new: the same seq
+    // comes back, whichever node takes it.
+    for _ in 0..3 {
+        let mut ws = through_nginx(nginx.port, &nginx.tls())
+            .await
+            .expect("socket");
+        let hello = ClientFrame::Hello {
+            resume: BTreeMap::from([("general".to_owned(), 500)]),
+            user: Some("client0".into()),
+        };
+        ws.send(Message::text(serde_json::to_string(&hello).expect("json")))
+            .await
+            .expect("hello");
+        let frame = send_frame("general", "c0-0", "client 0 message 0");
+        ws.send(Message::text(serde_json::to_string(&frame).expect("json")))
+            .await
+            .expect("send");
+        loop {
+            let Some(Ok(Message::Text(t))) = ws.next().await else {
+                panic!("socket ended");
+            };
+            if let Ok(ServerFrame::Ack(ack)) = serde_json::from_str::<ServerFrame>(&t) {
+                assert_eq!(Some(&ack.seq), seen[0].acked.get("c0-0"));
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_rolling_restart_of_every_node_loses_and_repeats_nothing() {
+    let db = ScratchDb::create().await.expect("scratch database");
+    let bus = shared_nats();
+    let proxy = ["--secure-cookies", "--trusted-proxy", "127.0.0.1"];
+    let mut nodes = [
+        Node::start("a", db.url(), &bus, &proxy, &[]),
+        Node::start("b", db.url(), &bus, &proxy, &[]),
+        Node::start("c", db.url(), &bus, &proxy, &[]),
+    ];
+    let nginx = Nginx::start(&[&nodes[0], &nodes[1], &nodes[2]]);
+    chat_through(&db, &nginx, 3, 150, |progress| async move {
+        for (i, node) in nodes.iter_mut().enumerate() {
+            progress.at(0.2 + 0.2 * i as f64).await;
+            node.stop().await;
+            node.up();
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_bus_killed_and_restarted_mid_load_costs_reads_not_messages() {
+    let db = ScratchDb::create().await.expect("scratch database");
+    let mut nats = OwnNats::start();
+    let a = Node::start("a", db.url(), &nats.url(), &[], &[]);
+    let b = Node::start("b", db.url(), &nats.url(), &[], &[]);
+    let mut on_b = b.process().rich(0).await;
+    let mut on_a = a.process().rich(0).await;
+    let before = send_many(&mut on_a, "before", 20).await;
+    assert_eq!(collect(&mut on_b, 20).await, before);
+    nats.kill();
+    // While the bus is away: sent on A, read by B from the database.
+    let during = send_many(&mut on_a, "during", 20).await;
+    assert_eq!(collect(&mut on_b, 20).await, during);
+    let h = b.health().await;
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert_eq!(h["bus"]["connected"], false, "{h}");
+    nats.up();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let h = b.health().await;
+        if h["bus"]["connected"] == true && a.health().await["bus"]["connected"] == true {
+            assert_eq!(h["status"], "ok");
+            assert!(h["bus"]["disconnects"].as_u64() >= Some(1), "{h}");
+            assert!(h["bus"]["last_down"].as_i64().is_some(), "{h}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the bus did not come back: {h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = send_many(&mut on_a, "after", 20).await;
+    assert_eq!(collect(&mut on_b, 20).await, after);
+    nothing_more(&mut on_b).await;
+    assert_eq!(
+        [before[0], *after.last().expect("acked")],
+        [1, 60],
+        "one seq each, no gap"
+    );
+}
+
+/// Signs up on `node` and returns (session, csrf).
+async fn sign_up(node: &Node, username: &str) -> (String, String) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let page = http.get(node.url("/signup")).send().await.expect("get");
+    let csrf = set_cookie(&page, "hubbub_csrf").expect("csrf");
+    let resp = http
+        .post(node.url("/auth/signup"))
+        .header("Origin", format!("http://{}", node.addr()))
+        .header("Cookie", format!("hubbub_csrf={csrf}"))
+        .form(&[
+            ("username", username),
+            ("password", "correct horse battery"),
+            ("csrf", csrf.as_str()),
+        ])
+        .send()
+        .await
+        .expect("sign up");
+    assert_eq!(resp.status(), 303);
+    (set_cookie(&resp, "hubbub_session").expect("session"), csrf)
+}
+
+/// A socket to `node` with a session cookie, hello said with `rooms` resumed from 0.
+async fn socket(node: &Node, session: &str, rooms: &[&str]) -> Ws {
+    let mut req = format!("ws://{}/ws", node.addr())
+        .into_client_request()
+        .expect("request");
+    let h = req.headers_mut();
+    h.insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    h.insert(
+        "Cookie",
+        HeaderValue::from_str(&format!("hubbub_session={session}")).expect("cookie"),
+    );
+    h.insert(
+        "Origin",
+        HeaderValue::from_str(&format!("http://{}", node.addr())).expect("origin"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("socket");
+    let resume = rooms.iter().map(|r| ((*r).to_owned(), 0)).collect();
+    send(&mut ws, &ClientFrame::Hello { resume, user: None }).await;
+    ws
+}
+
+async fn api(node: &Node, session: &str, method: reqwest::Method, path: &str, body: Value) -> u16 {
+    reqwest::Client::new()
+        .request(method, node.url(path))
+        .header("Cookie", format!("hubbub_session={session}"))
+        .header("Origin", format!("http://{}", node.addr()))
+        .json(&body)
+        .send()
+        .await
+        .expect("api")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_log_out_and_a_removal_on_one_node_reach_the_sockets_on_another() {
+    let db = ScratchDb::create().await.expect("scratch database");
+    let bus = shared_nats();
+    let a = Node::start("a", db.url(), &bus, &[], &[]);
+    let b = Node::start("b", db.url(), &bus, &[], &[]);
+    let (ann, ann_csrf) = sign_up(&a, "ann").await;
+    let (bob, _) = sign_up(&b, "bob").await;
+
+    // Ann makes a private room on A and invites Bob, whose socket is on B.
+    let mut bobs = socket(&b, &bob, &[]).await;
+    until(&mut bobs, |f| matches!(f, ServerFrame::Welcome(_))).await;
+    let post = reqwest::Method::POST;
+    let made = api(
+        &a,
+        &ann,
+        post.clone(),
+        "/api/rooms",
+        json!({"name": "plans", "visibility": "private"}),
+    )
+    .await;
+    assert_eq!(made, 201);
+    let invited = api(
+        &a,
+        &ann,
+        post.clone(),
+        "/api/rooms/plans/members",
+        json!({"username": "bob"}),
+    )
+    .await;
+    assert!(invited < 300, "{invited}");
+    until(
+        &mut bobs,
+        |f| matches!(f, ServerFrame::Joined(j) if j.room == "plans"),
+    )
+    .await;
+    // Removed on A: Bob's socket on B leaves the room at once.
+    let removed = api(
+        &a,
+        &ann,
+        reqwest::Method::DELETE,
+        "/api/rooms/plans/members/bob",
+        json!({}),
+    )
+    .await;
+    assert!(removed < 300, "{removed}");
+    until(
+        &mut bobs,
+        |f| matches!(f, ServerFrame::Left(l) if l.room == "plans"),
+    )
+    .await;
+
+    // Ann's socket on B closes with 4001 when she logs out on A, long before B would recheck.
+    let mut anns = socket(&b, &ann, &[]).await;
+    until(&mut anns, |f| matches!(f, ServerFrame::Welcome(_))).await;
+    let started = Instant::now();
+    let out = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .post(a.url("/auth/logout"))
+        .header("Origin", format!("http://{}", a.addr()))
+        .header(
+            "Cookie",
+            format!("hubbub_session={ann}; hubbub_csrf={ann_csrf}"),
+        )
+        .form(&[("csrf", ann_csrf.as_str())])
+        .send()
+        .await
+        .expect("log out");
+    assert_eq!(out.status(), 303);
+    assert_eq!(close_code(&mut anns).await, 4001);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_accounts_limits_hold_across_nodes() {
+    let db = ScratchDb::create().await.expect("scratch database");
+    let bus = shared_nats();
+    let limits = ["--max-sockets-per-user", "2"];
+    // One a second, bursts of two.
+    let rate = [("HUBBUB_MESSAGE_RATE", "1")];
+    let a = Node::start("a", db.url(), &bus, &limits, &rate);
+    let b = Node::start("b", db.url(), &bus, &limits, &rate);
+    let (ann, _) = sign_up(&a, "ann").await;
+    // The burst spent on A leaves nothing to spend on B.
+    let post = |node: &Node, i: usize| {
+        let url = node.url("/api/rooms/general/messages");
+        let origin = format!("http://{}", node.addr());
+        let ann = ann.clone();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("Cookie", format!("hubbub_session={ann}"))
+                .header("Origin", origin)
+                .json(&json!({ "body": format!("m{i}") }))
+                .send()
+                .await
+                .expect("post")
+                .status()
+                .as_u16()
+        }
+    };
+    let mut spent = 0;
+    while post(&a, spent).await == 201 {
+        spent += 1;
+        assert!(spent < 20, "A never refused");
+    }
+    assert_eq!(spent, 2, "A let the burst through");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        post(&b, spent).await,
+        429,
+        "the budget spent on A counts on B"
+    );
+
+    // The budget back; one socket on each node: the account's two.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let mut one = socket(&a, &ann, &[]).await;
+    until(&mut one, |f| matches!(f, ServerFrame::Welcome(_))).await;
+    let mut two = socket(&b, &ann, &[]).await;
+    until(&mut two, |f| matches!(f, ServerFrame::Welcome(_))).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut req = format!("ws://{}/ws", a.addr())
+        .into_client_request()
+        .expect("request");
+    let h = req.headers_mut();
+    h.insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    h.insert(
+        "Cookie",
+        HeaderValue::from_str(&format!("hubbub_session={ann}")).expect("cookie"),
+    );
+    h.insert(
+        "Origin",
+        HeaderValue::from_str(&format!("http://{}", a.addr())).expect("origin"),
+    );
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(
+                resp.status(),
+                429,
+                "a third socket, on either node, is refused"
+            )
+        }
+        other => panic!("a third socket was let in: {:?}", other.map(|_| ())),
+    }
+}
+
+#[cfg(feature = "faults")]
+#[tokio::test]
+async fn a_lossy_bus_costs_one_read_per_node_never_a_message() {
+    let db = ScratchDb::create().await.expect("scratch database");
+    let bus = shared_nats();
+    let a = Node::start("a", db.url(), &bus, &[], &[]);
+    // B drops every third commit it hears of.
+    let b = Node::start("b", db.url(), &bus, &[], &[("HUBBUB_FAULTS", "bus-drop=3")]);
+    let mut on_b: Vec<Ws> = Vec::new();
+    for _ in 0..3 {
+        on_b.push(b.process().rich(0).await);
+    }
+    let mut on_a = a.process().rich(0).await;
+    let acks = send_many(&mut on_a, "lossy", 90).await;
+    let last = send_many(&mut on_a, "last", 1).await;
+    for ws in on_b.iter_mut() {
+        let seqs = collect(ws, 91).await;
+        assert_eq!(seqs, (1..=91).collect::<Vec<u64>>());
+        assert_eq!(seqs[..90], acks[..]);
+        assert_eq!(seqs[90], last[0]);
+        nothing_more(ws).await;
+    }
+}
