@@ -388,6 +388,7 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
         "connections": state.open.total(),
         "websockets": state.connections.count(),
         "queue_overflows": state.chat.hub.overflows(),
+        "gap_reads": state.chat.hub.gap_reads(),
     });
     (status, Json(body)).into_response()
 }

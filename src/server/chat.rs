@@ -188,6 +188,7 @@ async fn fill(
     }
     let mut read = Vec::new();
     let mut after = gap.after;
+    hub.count_gap_read();
     while after < gap.upto {
         match tokio::time::timeout(FILL_TIMEOUT, store.after(&gap.room, after, FILL_BATCH)).await {
             Ok(Ok(batch)) => {

@@ -75,6 +75,8 @@ struct Inner {
     /// Per room, the lowest cursor a connection replayed it to lately: where a cluster node
     /// that has not yet heard of the room starts ordering its events (see `sequencer.rs`).
     floors: Mutex<HashMap<Arc<str>, u64>>,
+    /// Reads of the database that filled a gap in the events heard of (cluster nodes).
+    gap_reads: AtomicU64,
     /// Whether floors are kept (only a cluster node needs them).
     clustered: std::sync::atomic::AtomicBool,
 }
@@ -188,6 +190,7 @@ impl Hub {
                 queue_len: queue_len.max(1),
                 queue_bytes: queue_bytes.max(1),
                 floors: Mutex::default(),
+                gap_reads: AtomicU64::new(0),
                 clustered: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -290,6 +293,16 @@ impl Hub {
 
     fn floors(&self) -> MutexGuard<'_, HashMap<Arc<str>, u64>> {
         self.inner.floors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a read of the database that filled a gap for the whole node.
+    pub fn count_gap_read(&self) {
+        self.inner.gap_reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Gap reads since start.
+    pub fn gap_reads(&self) -> u64 {
+        self.inner.gap_reads.load(Ordering::Relaxed)
     }
 
     /// Starts keeping floors: this node is one of a cluster.
