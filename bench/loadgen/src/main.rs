@@ -51,7 +51,9 @@ enum Via {
     about = "Fan-out load for WebSocket chat servers"
 )]
 struct Args {
-    /// WebSocket URL of the server.
+    /// WebSocket URL of the server. Several, comma-separated (the nodes of a cluster): the
+    /// senders connect to the first, every other client to the others in turn (so each delivery
+    /// crosses from the first node to another).
     #[arg(long, default_value = "ws://127.0.0.1:3000/ws")]
     url: String,
     #[arg(long, value_enum, default_value = "hubbub")]
@@ -238,19 +240,26 @@ async fn sign_up(host: &str, username: &str) -> Result<String, String> {
         .ok_or_else(|| format!("sign-up of {username} answered {status} without a session"))
 }
 
+/// The URL client `c` connects to (see `--url`).
+fn url_of(args: &Args, c: usize) -> &str {
+    let urls: Vec<&str> = args.url.split(',').collect();
+    if urls.len() == 1 || c < args.senders {
+        urls[0]
+    } else {
+        urls[1 + c % (urls.len() - 1)]
+    }
+}
+
 async fn connect(args: &Args, c: usize, session: Option<&str>) -> Result<Ws, String> {
-    let mut req = args
-        .url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
+    let url = url_of(args, c);
+    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
     if args.protocol == Protocol::Hubbub {
         req.headers_mut().insert(
             "Sec-WebSocket-Protocol",
             HeaderValue::from_static("hubbub.v1"),
         );
         if let Some(cookie) = session {
-            let host = host_of(&args.url)?;
+            let host = host_of(url)?;
             let origin = HeaderValue::from_str(&format!("http://{host}")).map_err(|e| e.to_string())?;
             req.headers_mut().insert("Origin", origin);
             let value = HeaderValue::from_str(cookie).map_err(|e| e.to_string())?;
@@ -435,8 +444,7 @@ struct HttpPoster {
 
 impl HttpPoster {
     async fn connect(args: &Args) -> Result<Self, String> {
-        let rest = args
-            .url
+        let rest = url_of(args, 0)
             .strip_prefix("ws://")
             .ok_or("--send-via http needs a ws:// URL")?;
         let host = rest.split('/').next().unwrap_or(rest).to_owned();
@@ -601,7 +609,7 @@ async fn main() -> std::process::ExitCode {
     // hash on the server).
     let mut sessions = Vec::with_capacity(args.accounts);
     if args.accounts > 0 {
-        let host = match host_of(&args.url) {
+        let host = match host_of(url_of(&args, 0)) {
             Ok(h) => h,
             Err(e) => {
                 eprintln!("hubbub-loadgen: {e}");
