@@ -184,7 +184,10 @@ async fn exchange(host: &str, request: &str) -> Result<(u16, Vec<String>), Strin
     let io = |e: std::io::Error| e.to_string();
     let conn = TcpStream::connect(host).await.map_err(io)?;
     let mut conn = BufReader::new(conn);
-    conn.get_mut().write_all(request.as_bytes()).await.map_err(io)?;
+    conn.get_mut()
+        .write_all(request.as_bytes())
+        .await
+        .map_err(io)?;
     let mut line = String::new();
     conn.read_line(&mut line).await.map_err(io)?;
     let status = line
@@ -260,7 +263,8 @@ async fn connect(args: &Args, c: usize, session: Option<&str>) -> Result<Ws, Str
         );
         if let Some(cookie) = session {
             let host = host_of(url)?;
-            let origin = HeaderValue::from_str(&format!("http://{host}")).map_err(|e| e.to_string())?;
+            let origin =
+                HeaderValue::from_str(&format!("http://{host}")).map_err(|e| e.to_string())?;
             req.headers_mut().insert("Origin", origin);
             let value = HeaderValue::from_str(cookie).map_err(|e| e.to_string())?;
             req.headers_mut().insert("Cookie", value);
