@@ -848,6 +848,77 @@ async fn a_log_out_and_a_removal_on_one_node_reach_the_sockets_on_another() {
 }
 
 #[tokio::test]
+async fn typing_presence_and_read_positions_cross_nodes() {
+    let db = ScratchDb::create().await.expect("scratch database");
+    let bus = shared_nats();
+    let a = Node::start("a", db.url(), &bus, &[], &[]);
+    let b = Node::start("b", db.url(), &bus, &[], &[]);
+    let (ann, _) = sign_up(&a, "ann").await;
+    let (bob, _) = sign_up(&b, "bob").await;
+    let mut bobs = socket(&b, &bob, &["general"]).await;
+    until(
+        &mut bobs,
+        |f| matches!(f, ServerFrame::Joined(j) if j.room == "general"),
+    )
+    .await;
+    // Ann comes online on A: Bob, on B, sees her active.
+    let mut anns = socket(&a, &ann, &["general"]).await;
+    until(
+        &mut anns,
+        |f| matches!(f, ServerFrame::Joined(j) if j.room == "general"),
+    )
+    .await;
+    until(&mut bobs, |f| {
+        matches!(f, ServerFrame::Presence(p) if p.users.iter().any(|u| u.username == "ann"
+            && u.status == hubbub::protocol::Status::Active))
+    })
+    .await;
+    // She types on A: Bob sees it on B.
+    send(
+        &mut anns,
+        &ClientFrame::Typing {
+            room: "general".into(),
+            stop: false,
+        },
+    )
+    .await;
+    until(
+        &mut bobs,
+        |f| matches!(f, ServerFrame::Typing(t) if t.username == "ann" && !t.stop),
+    )
+    .await;
+    // Ann's second tab, on B, learns of what she read on A.
+    let acks = send_many(&mut anns, "read", 1).await;
+    let mut anns_b = socket(&b, &ann, &["general"]).await;
+    until(
+        &mut anns_b,
+        |f| matches!(f, ServerFrame::Joined(j) if j.room == "general"),
+    )
+    .await;
+    send(
+        &mut anns,
+        &ClientFrame::Read {
+            room: "general".into(),
+            seq: acks[0],
+        },
+    )
+    .await;
+    until(
+        &mut anns_b,
+        |f| matches!(f, ServerFrame::Read(r) if r.room == "general" && r.seq == acks[0]),
+    )
+    .await;
+    // Her sockets close: Bob sees her offline within a flush.
+    drop(anns);
+    drop(anns_b);
+    until(&mut bobs, |f| {
+        matches!(f, ServerFrame::Presence(p) if p.users.iter().any(|u| u.username == "ann"
+            && u.status == hubbub::protocol::Status::Offline))
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn an_accounts_limits_hold_across_nodes() {
     let db = ScratchDb::create().await.expect("scratch database");
     let bus = shared_nats();

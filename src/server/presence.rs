@@ -43,8 +43,9 @@ struct State {
     rooms: HashMap<Arc<str>, HashMap<Arc<str>, u32>>,
     /// People whose status may have changed since the last flush.
     dirty: HashSet<Arc<str>>,
-    /// What was last sent out of each person (the merged status).
-    shown: HashMap<Arc<str>, Status>,
+    /// What was last sent out of each person (the merged status), and the rooms it went to
+    /// (where going offline must be told, once the rooms are gone from the person).
+    shown: HashMap<Arc<str>, (Status, Vec<Arc<str>>)>,
     /// The other nodes' people, by node.
     nodes: HashMap<String, NodeView>,
 }
@@ -227,15 +228,22 @@ impl Presence {
                         }
                     }
                 }
-                let (info, rooms) = st.merged(&user);
-                let shown = st.shown.get(&user).copied().unwrap_or(Status::Offline);
+                let (info, mut rooms) = st.merged(&user);
+                let shown = st.shown.get(&user).map_or(Status::Offline, |(s, _)| *s);
                 if info.status == shown {
                     continue;
                 }
                 if info.status == Status::Offline {
-                    st.shown.remove(&user);
+                    if let Some((_, before)) = st.shown.remove(&user) {
+                        for r in before {
+                            if !rooms.contains(&r) {
+                                rooms.push(r);
+                            }
+                        }
+                    }
                 } else {
-                    st.shown.insert(Arc::clone(&user), info.status);
+                    st.shown
+                        .insert(Arc::clone(&user), (info.status, rooms.clone()));
                 }
                 out.push((rooms, info));
             }
@@ -452,7 +460,17 @@ impl Drop for Session {
         }
         // The last session anywhere closing is told at once, without waiting for a flush.
         let gone = (last_here && info.status == Status::Offline)
-            .then(|| st.shown.remove(&*self.user).map(|_| (told_rooms, info)))
+            .then(|| {
+                st.shown.remove(&*self.user).map(|(_, before)| {
+                    let mut rooms = told_rooms;
+                    for r in before {
+                        if !rooms.contains(&r) {
+                            rooms.push(r);
+                        }
+                    }
+                    (rooms, info)
+                })
+            })
             .flatten();
         drop(st);
         if let Some((rooms, info)) = gone {
