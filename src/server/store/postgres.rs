@@ -23,6 +23,7 @@ use crate::server::tasks::Tasks;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::ConnectOptions;
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
@@ -210,20 +211,39 @@ async fn append_batch(
     let mut results: Vec<Option<Result<Appended, StoreError>>> =
         (0..batch.len()).map(|_| None).collect();
     let mut tx = pool.begin().await?;
+    // Every room of the batch locked first, in name order: batches of two nodes that share
+    // rooms wait for each other instead of deadlocking.
+    let mut rooms: Vec<&str> = batch.iter().map(|(m, _)| m.room.as_str()).collect();
+    rooms.sort_unstable();
+    rooms.dedup();
+    sqlx::query("SELECT id FROM rooms WHERE name = ANY($1) ORDER BY name FOR UPDATE")
+        .bind(&rooms)
+        .fetch_all(&mut *tx)
+        .await?;
+    // The plain messages of each room up to its first other event, all in one statement.
+    let fast = plain_prefix(batch, &order);
+    let stored = append_plain(&mut tx, batch, &fast).await?;
+    for (room, seq) in stored.values().map(|(_, m)| (&m.room, m.seq)) {
+        let head = fed.heads.entry(room.clone()).or_insert(seq - 1);
+        *head = (*head).min(seq - 1);
+    }
+    let mut stored = stored;
     for i in order {
         let msg = &batch[i].0;
         if faults::hit("writer-panic", &msg.body) {
             panic!("injected fault: writer-panic");
         }
-        if let Some(message) = fast_append(&mut tx, msg).await? {
-            fed.heads.entry(msg.room.clone()).or_insert(message.seq - 1);
-            results[i] = Some(Ok(Appended {
-                message,
-                more: Vec::new(),
-                created: true,
-                freed: Vec::new(),
-            }));
-            continue;
+        if let Some((index, message)) = stored.remove(&(msg.room.clone(), msg.client_id.clone())) {
+            if index == i {
+                results[i] = Some(Ok(Appended {
+                    message,
+                    more: Vec::new(),
+                    created: true,
+                    freed: Vec::new(),
+                }));
+                continue;
+            }
+            stored.insert((msg.room.clone(), msg.client_id.clone()), (index, message));
         }
         // Anything else, or a message the one statement did not store (a resend, a room it may
         // not post in): the general path, in a savepoint, says what and why.
@@ -260,58 +280,119 @@ async fn append_batch(
         .collect())
 }
 
-/// Stores a plain chat message (no reply, file or mention) in one statement, if it is new and
-/// its author may post in the room; `None` otherwise, with nothing written.
-async fn fast_append(
-    conn: &mut PgConnection,
-    msg: &NewMessage,
-) -> Result<Option<ChatMessage>, StoreError> {
-    let plain = msg.kind == EventKind::Message
+/// A chat message with no reply, file or mention: what [`append_plain`] stores.
+fn is_plain(msg: &NewMessage) -> bool {
+    msg.kind == EventKind::Message
         && matches!(msg.change, Change::None)
         && msg.reply_to.is_none()
         && msg.attachment.is_none()
-        && protocol::mentioned_usernames(&msg.body).is_empty();
-    if !plain {
-        return Ok(None);
+        && protocol::mentioned_usernames(&msg.body).is_empty()
+}
+
+/// The batch indices (in `order`, grouped by room) of the plain messages that come before any
+/// other event of their room, each `(room, client_id)` once: storing them first keeps every
+/// room's events in the order they arrived.
+fn plain_prefix(batch: &[PendingAppend], order: &[usize]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut blocked: Option<&str> = None;
+    for &i in order {
+        let msg = &batch[i].0;
+        if blocked == Some(msg.room.as_str()) {
+            continue;
+        }
+        if !is_plain(msg) || !seen.insert((msg.room.as_str(), msg.client_id.as_str())) {
+            blocked = Some(msg.room.as_str());
+            continue;
+        }
+        out.push(i);
     }
+    out
+}
+
+/// Stores the plain messages at `which` in one statement: each that is new and whose author
+/// may post in its room gets its room's next seq (in the order given). Returns them by
+/// (room, client_id), with their batch index; those it did not store are left to the general
+/// path, which says why.
+async fn append_plain(
+    conn: &mut PgConnection,
+    batch: &[PendingAppend],
+    which: &[usize],
+) -> Result<HashMap<(String, String), (usize, ChatMessage)>, StoreError> {
+    let mut out = HashMap::new();
+    if which.is_empty() {
+        return Ok(out);
+    }
+    let msgs: Vec<&NewMessage> = which.iter().map(|&i| &batch[i].0).collect();
+    let rooms: Vec<&str> = msgs.iter().map(|m| m.room.as_str()).collect();
+    let client_ids: Vec<&str> = msgs.iter().map(|m| m.client_id.as_str()).collect();
+    let users: Vec<&str> = msgs
+        .iter()
+        .map(|m| m.author.display_name.as_str())
+        .collect();
+    let user_ids: Vec<Option<i64>> = msgs.iter().map(|m| m.author.user_id).collect();
+    let usernames: Vec<Option<&str>> = msgs.iter().map(|m| m.author.username.as_deref()).collect();
+    let bodies: Vec<&str> = msgs.iter().map(|m| m.body.as_str()).collect();
     let ts = now_ms();
-    let guest = msg.author.user_id.is_none();
-    let row: Option<(i64, i64)> = sqlx::query_as(
-        "WITH r AS (UPDATE rooms SET head_seq = head_seq + 1 \
-           WHERE name = $1 AND archived_at IS NULL \
-             AND CASE WHEN $4::BIGINT IS NULL THEN visibility = 'public' \
-                 ELSE EXISTS (SELECT 1 FROM members WHERE room_id = rooms.id AND user_id = $4) END \
-             AND NOT EXISTS (SELECT 1 FROM messages WHERE room_id = rooms.id AND client_id = $2) \
-           RETURNING id, head_seq) \
-         INSERT INTO messages (room_id, seq, client_id, kind, \"user\", user_id, username, guest, \
-           body, ts, mentions) \
-         SELECT r.id, r.head_seq, $2, 'message', $3, $4, $5, $6, $7, $8, '' FROM r \
-         RETURNING id, seq",
+    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "WITH input AS ( \
+           SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], \
+             $6::TEXT[]) WITH ORDINALITY AS t(room, client_id, \"user\", user_id, username, body, n)), \
+         ok AS ( \
+           SELECT i.*, r.id AS room_id, row_number() OVER (PARTITION BY r.id ORDER BY i.n) AS k \
+           FROM input i JOIN rooms r ON r.name = i.room AND r.archived_at IS NULL \
+           WHERE CASE WHEN i.user_id IS NULL THEN r.visibility = 'public' \
+                 ELSE EXISTS (SELECT 1 FROM members m WHERE m.room_id = r.id AND m.user_id = i.user_id) END \
+             AND NOT EXISTS (SELECT 1 FROM messages x WHERE x.room_id = r.id AND x.client_id = i.client_id)), \
+         counts AS (SELECT room_id, count(*) AS c FROM ok GROUP BY room_id), \
+         bumped AS ( \
+           UPDATE rooms SET head_seq = rooms.head_seq + counts.c FROM counts \
+           WHERE rooms.id = counts.room_id RETURNING rooms.id, rooms.head_seq, counts.c), \
+         ins AS ( \
+           INSERT INTO messages (room_id, seq, client_id, kind, \"user\", user_id, username, guest, \
+             body, ts, mentions) \
+           SELECT ok.room_id, b.head_seq - b.c + ok.k, ok.client_id, 'message', ok.\"user\", \
+             ok.user_id, ok.username, ok.user_id IS NULL, ok.body, $7, '' \
+           FROM ok JOIN bumped b ON b.id = ok.room_id \
+           RETURNING room_id, client_id, id, seq) \
+         SELECT ok.room, ins.client_id, ins.id, ins.seq FROM ins \
+         JOIN ok ON ok.room_id = ins.room_id AND ok.client_id = ins.client_id",
     )
-    .bind(&msg.room)
-    .bind(&msg.client_id)
-    .bind(&msg.author.display_name)
-    .bind(msg.author.user_id)
-    .bind(&msg.author.username)
-    .bind(guest)
-    .bind(&msg.body)
+    .bind(&rooms)
+    .bind(&client_ids)
+    .bind(&users)
+    .bind(&user_ids)
+    .bind(&usernames)
+    .bind(&bodies)
     .bind(ts)
-    .fetch_optional(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(row.map(|(id, seq)| ChatMessage {
-        room: msg.room.clone(),
-        seq: seq_of(seq),
-        id,
-        client_id: msg.client_id.clone(),
-        kind: EventKind::Message,
-        user: msg.author.display_name.clone(),
-        user_id: msg.author.user_id,
-        username: msg.author.username.clone(),
-        guest,
-        body: msg.body.clone(),
-        ts,
-        ..Default::default()
-    }))
+    let by_key: HashMap<(&str, &str), usize> = which
+        .iter()
+        .map(|&i| ((batch[i].0.room.as_str(), batch[i].0.client_id.as_str()), i))
+        .collect();
+    for (room, client_id, id, seq) in rows {
+        let Some(&i) = by_key.get(&(room.as_str(), client_id.as_str())) else {
+            continue;
+        };
+        let msg = &batch[i].0;
+        let message = ChatMessage {
+            room: room.clone(),
+            seq: seq_of(seq),
+            id,
+            client_id: client_id.clone(),
+            kind: EventKind::Message,
+            user: msg.author.display_name.clone(),
+            user_id: msg.author.user_id,
+            username: msg.author.username.clone(),
+            guest: msg.author.user_id.is_none(),
+            body: msg.body.clone(),
+            ts,
+            ..Default::default()
+        };
+        out.insert((room, client_id), (i, message));
+    }
+    Ok(out)
 }
 
 async fn append_one(
