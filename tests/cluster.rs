@@ -1026,3 +1026,28 @@ async fn a_lossy_bus_costs_one_read_per_node_never_a_message() {
         "A's own commits need no reads"
     );
 }
+
+#[tokio::test]
+async fn a_bus_without_a_shared_database_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hubbub"))
+        .args(["--addr", "127.0.0.1:0", "--bus", &shared_nats()])
+        .env("HUBBUB_DATA_DIR", dir.path())
+        .output()
+        .expect("run hubbub");
+    assert!(!out.status.success(), "it started on SQLite with a bus");
+    let said =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("needs --database postgres"), "{said}");
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_hubbub"))
+        .args(["--addr", "127.0.0.1:0", "--bus", "redis://127.0.0.1:6379"])
+        .env("HUBBUB_DATA_DIR", dir.path())
+        .output()
+        .expect("run hubbub");
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("nats://"),
+        "{:?}",
+        bad
+    );
+}
