@@ -1,13 +1,24 @@
 //! The hubbub server binary: parse the configuration, bind the address, run until a signal.
 
-use clap::Parser;
 use hubbub::server::{self, config, Config};
+use std::ffi::OsString;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "config") {
+        return config_command(&args);
+    }
+    let config = match Config::load_from(args) {
+        Ok((config, _)) => config,
+        Err(config::ConfigError::Invalid(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("hubbub: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
     match config.log_format {
@@ -22,6 +33,57 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `hubbub config check [FILE] [FLAGS…]`: reads the settings as the server would (FILE as
+/// `--config`), says what is wrong, or prints every effective setting and where it came from,
+/// secrets redacted.
+fn config_command(args: &[OsString]) -> ExitCode {
+    if args.get(2).is_none_or(|a| a != "check") {
+        eprintln!("usage: hubbub config check [FILE] [FLAGS…]");
+        return ExitCode::from(2);
+    }
+    let mut flags: Vec<OsString> = vec![args[0].clone()];
+    let mut rest = args[3..].iter();
+    if let Some(first) = args
+        .get(3)
+        .filter(|a| !a.to_string_lossy().starts_with('-'))
+    {
+        flags.push("--config".into());
+        flags.push(first.clone());
+        rest.next();
+    }
+    flags.extend(rest.cloned());
+    let (config, effective) = match Config::load_from(flags) {
+        Ok(loaded) => loaded,
+        Err(config::ConfigError::Invalid(e)) => {
+            eprintln!("hubbub: {e}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("hubbub: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = config.validate() {
+        eprintln!("hubbub: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = config::leptos_options(&config.leptos_config) {
+        eprintln!("hubbub: {e}");
+        return ExitCode::FAILURE;
+    }
+    println!("# the settings hubbub would run with, and where each came from");
+    for setting in effective {
+        let source = match setting.source {
+            config::Source::Default => "default",
+            config::Source::File => "file",
+            config::Source::Environment => "environment",
+            config::Source::Flag => "flag",
+        };
+        println!("{} = {:?}  # {source}", setting.key, setting.value);
+    }
+    ExitCode::SUCCESS
 }
 
 async fn start(config: Config) -> Result<(), server::ServerError> {

@@ -1,4 +1,5 @@
-//! Typed server configuration: defaults, then environment variables, then command-line flags.
+//! Typed server configuration: the defaults, then the TOML file (`--config`, `HUBBUB_CONFIG`),
+//! then environment variables, then command-line flags; each overrides the one before.
 
 use clap::Parser;
 use leptos::config::LeptosOptions;
@@ -9,6 +10,11 @@ use std::time::Duration;
 #[derive(Clone, Debug, Parser)]
 #[command(name = "hubbub", version, about = "A real-time team chat server")]
 pub struct Config {
+    /// A TOML file of settings (the names of these flags with `_` for `-`, as in
+    /// hubbub.example.toml); flags and environment variables override it.
+    #[arg(long, env = "HUBBUB_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Address to listen on [default: Leptos.toml's site-addr, 127.0.0.1:3000].
     #[arg(long, env = "HUBBUB_ADDR")]
     pub addr: Option<SocketAddr>,
@@ -291,7 +297,166 @@ impl Config {
 pub enum ConfigError {
     #[error("cannot read the Leptos site settings from {path}: {message}")]
     Leptos { path: String, message: String },
+    #[error("cannot read the settings in {path}: {message}")]
+    File { path: String, message: String },
+    #[error("{path}: unknown setting `{key}` (settings are the flags' names with `_`, see hubbub.example.toml)")]
+    UnknownKey { path: String, key: String },
+    /// A flag, variable or file value clap refused: printed with the usage by [`clap::Error::exit`].
+    #[error("{0}")]
+    Invalid(#[from] clap::Error),
 }
+
+/// Where a setting's value came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File,
+    Environment,
+    Flag,
+}
+
+/// One setting as the server will use it, for `hubbub config check`.
+#[derive(Clone, Debug)]
+pub struct Effective {
+    pub key: String,
+    /// The value as given (secrets in URLs redacted).
+    pub value: String,
+    pub source: Source,
+}
+
+/// The file named by `--config PATH`, `--config=PATH` or `HUBBUB_CONFIG`.
+fn config_path(args: &[std::ffi::OsString]) -> Option<PathBuf> {
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let a = a.to_string_lossy();
+        if a == "--config" {
+            return it.next().map(PathBuf::from);
+        }
+        if let Some(p) = a.strip_prefix("--config=") {
+            return Some(PathBuf::from(p));
+        }
+    }
+    std::env::var_os("HUBBUB_CONFIG").map(PathBuf::from)
+}
+
+/// The settings in the TOML file at `path`, as (setting, value as a flag would give it).
+fn file_settings(path: &std::path::Path) -> Result<Vec<(String, String)>, ConfigError> {
+    use clap::CommandFactory;
+    let err = |message: String| ConfigError::File {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| err(e.to_string()))?;
+    let command = Config::command();
+    let known: std::collections::HashSet<String> = command
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .filter(|id| id != "config")
+        .collect();
+    let mut out = Vec::new();
+    for (key, value) in table {
+        if !known.contains(&key) {
+            return Err(ConfigError::UnknownKey {
+                path: path.display().to_string(),
+                key,
+            });
+        }
+        let scalar = |v: &toml::Value| -> Result<String, ConfigError> {
+            match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                toml::Value::Integer(i) => Ok(i.to_string()),
+                toml::Value::Float(f) => Ok(f.to_string()),
+                toml::Value::Boolean(b) => Ok(b.to_string()),
+                _ => Err(err(format!(
+                    "`{key}` must be a string, a number, a boolean or a list of them"
+                ))),
+            }
+        };
+        let value = match &value {
+            toml::Value::Array(items) => items
+                .iter()
+                .map(scalar)
+                .collect::<Result<Vec<_>, _>>()?
+                .join(","),
+            other => scalar(other)?,
+        };
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+impl Config {
+    /// Refuses settings that parse but cannot go together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.bus.is_some() && !matches!(self.database, Some(Database::Postgres(_))) {
+            return Err(
+                "--bus joins nodes that share one database: it needs --database postgres://…"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The settings of this process: its flags, environment and file (see the module).
+    pub fn load() -> Result<(Config, Vec<Effective>), ConfigError> {
+        Self::load_from(std::env::args_os().collect())
+    }
+
+    /// Like [`Config::load`], with these arguments (the first is the program's name).
+    pub fn load_from(
+        args: Vec<std::ffi::OsString>,
+    ) -> Result<(Config, Vec<Effective>), ConfigError> {
+        use clap::{CommandFactory, FromArgMatches};
+        let mut command = Config::command();
+        let mut from_file = std::collections::HashSet::new();
+        if let Some(path) = config_path(&args) {
+            for (key, value) in file_settings(&path)? {
+                // The file's value becomes the default: the environment and flags still win.
+                let value: &'static str = Box::leak(value.into_boxed_str());
+                command = command.mut_arg(key.as_str(), |a| a.default_value(value));
+                from_file.insert(key);
+            }
+        }
+        let matches = command.clone().try_get_matches_from(args)?;
+        let config = Config::from_arg_matches(&matches)?;
+        let mut effective = Vec::new();
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            let Some(raw) = matches.get_raw(id) else {
+                continue;
+            };
+            let value = raw
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(",");
+            let source = match matches.value_source(id) {
+                Some(clap::parser::ValueSource::CommandLine) => Source::Flag,
+                Some(clap::parser::ValueSource::EnvVariable) => Source::Environment,
+                _ if from_file.contains(id) => Source::File,
+                _ => Source::Default,
+            };
+            let value = if matches!(id, "database" | "bus") {
+                crate::server::redact_url(&value)
+            } else {
+                value
+            };
+            effective.push(Effective {
+                key: id.to_owned(),
+                value,
+                source,
+            });
+        }
+        effective.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok((config, effective))
+    }
+}
+
+/// The project's own Leptos site settings, built in: a server started where there is no
+/// `Leptos.toml` (a release binary copied to a server) uses these.
+const BUILT_IN_LEPTOS: &str = include_str!("../../Leptos.toml");
 
 /// Reads the Leptos site settings from `path`; `LEPTOS_*` environment variables (which cargo-leptos
 /// sets when it runs the server) override single keys.
@@ -300,7 +465,17 @@ pub fn leptos_options(path: &std::path::Path) -> Result<LeptosOptions, ConfigErr
         path: path.display().to_string(),
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        // Only the default file may be missing: one named on purpose must be there.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && path == std::path::Path::new("Leptos.toml") =>
+        {
+            BUILT_IN_LEPTOS.to_owned()
+        }
+        Err(e) => return Err(err(e.to_string())),
+    };
     let options = leptos::config::get_config_from_str(&text).map_err(|e| err(e.to_string()))?;
     Ok(options)
 }

@@ -140,8 +140,8 @@ pub enum ServerError {
     Tls(#[from] serve::TlsError),
     #[error("--tls-cert and --tls-key go together")]
     TlsFlags,
-    #[error("--bus joins nodes that share one database: it needs --database postgres://…")]
-    BusWithoutSharedDatabase,
+    #[error("{0}")]
+    Settings(String),
     #[error(transparent)]
     Bus(#[from] bus::BusError),
 }
@@ -150,10 +150,7 @@ impl AppState {
     /// Opens storage and builds the state for `config`, starting the background tasks.
     pub async fn new(config: &Config, leptos_options: LeptosOptions) -> Result<Self, ServerError> {
         let tasks = tasks::Tasks::default();
-        let shared_db = matches!(config.database, Some(config::Database::Postgres(_)));
-        if config.bus.is_some() && !shared_db {
-            return Err(ServerError::BusWithoutSharedDatabase);
-        }
+        config.validate().map_err(ServerError::Settings)?;
         let (store, accounts, blobs, identity) = open_storage(config, &tasks).await?;
         let cluster = match &config.bus {
             Some(url) => {

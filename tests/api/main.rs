@@ -6,6 +6,7 @@ mod abuse;
 mod api_docs;
 mod auth;
 mod bad_input;
+mod config;
 mod edges;
 mod fanout;
 mod faults;

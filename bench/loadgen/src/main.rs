@@ -56,6 +56,9 @@ struct Args {
     /// crosses from the first node to another).
     #[arg(long, default_value = "ws://127.0.0.1:3000/ws")]
     url: String,
+    /// For `wss://` URLs: a PEM file of the certificates to trust (a proxy's own).
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
     #[arg(long, value_enum, default_value = "hubbub")]
     protocol: Protocol,
     /// Bearer token for hubbub (see /tokens); not needed in anonymous mode.
@@ -243,6 +246,28 @@ async fn sign_up(host: &str, username: &str) -> Result<String, String> {
         .ok_or_else(|| format!("sign-up of {username} answered {status} without a session"))
 }
 
+/// A TLS client that trusts the certificates in the PEM file `ca` (a proxy's own).
+fn tls_config(ca: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    if let Some(c) = CONFIG.get() {
+        return Ok(Arc::clone(c));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| e.to_string())? {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::clone(CONFIG.get_or_init(|| Arc::new(config))))
+}
+
 /// The URL client `c` connects to (see `--url`).
 fn url_of(args: &Args, c: usize) -> &str {
     let urls: Vec<&str> = args.url.split(',').collect();
@@ -274,9 +299,15 @@ async fn connect(args: &Args, c: usize, session: Option<&str>) -> Result<Ws, Str
             req.headers_mut().insert("Authorization", value);
         }
     }
-    let (mut ws, _) = tokio_tungstenite::connect_async(req)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut ws, _) = match &args.ca {
+        Some(ca) if url.starts_with("wss://") => {
+            let connector = tokio_tungstenite::Connector::Rustls(tls_config(ca)?);
+            tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector))
+                .await
+        }
+        _ => tokio_tungstenite::connect_async(req).await,
+    }
+    .map_err(|e| e.to_string())?;
     if args.protocol == Protocol::Hubbub {
         let rooms = rooms_of(args, c);
         for room in &rooms {
