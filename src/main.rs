@@ -11,6 +11,9 @@ async fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == "config") {
         return config_command(&args);
     }
+    if args.get(1).is_some_and(|a| a == "backup" || a == "restore") {
+        return backup_command(&args).await;
+    }
     let config = match Config::load_from(args) {
         Ok((config, _)) => config,
         Err(config::ConfigError::Invalid(e)) => e.exit(),
@@ -84,6 +87,63 @@ fn config_command(args: &[OsString]) -> ExitCode {
         println!("{} = {:?}  # {source}", setting.key, setting.value);
     }
     ExitCode::SUCCESS
+}
+
+/// `hubbub backup DEST [FLAGS…]` and `hubbub restore SRC [FLAGS…]`, with the data directory (or
+/// `--database`) of the settings.
+async fn backup_command(args: &[OsString]) -> ExitCode {
+    let Some(path) = args
+        .get(2)
+        .filter(|a| !a.to_string_lossy().starts_with('-'))
+    else {
+        eprintln!("usage: hubbub backup DEST [FLAGS…] | hubbub restore SRC [FLAGS…]");
+        return ExitCode::from(2);
+    };
+    let mut flags = vec![args[0].clone()];
+    flags.extend(args[3..].iter().cloned());
+    let config = match Config::load_from(flags) {
+        Ok((config, _)) => config,
+        Err(config::ConfigError::Invalid(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("hubbub: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let path = std::path::PathBuf::from(path);
+    if args[1] == "backup" {
+        match server::backup::backup(&config, &path).await {
+            Ok(r) => {
+                println!(
+                    "backed up to {}: database {} bytes, {} files ({} bytes), in {:.2} s",
+                    path.display(),
+                    r.database_bytes,
+                    r.files,
+                    r.file_bytes,
+                    r.took.as_secs_f64()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hubbub: backup failed: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    } else {
+        match server::backup::restore(&config, &path).await {
+            Ok(()) => {
+                println!(
+                    "restored {} into {}",
+                    path.display(),
+                    config.data_dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hubbub: restore failed: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
 }
 
 async fn start(config: Config) -> Result<(), server::ServerError> {

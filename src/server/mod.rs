@@ -5,6 +5,7 @@ pub mod access;
 pub mod api;
 pub mod attachments;
 pub mod auth;
+pub mod backup;
 pub mod bus;
 pub mod chat;
 pub mod cluster;

@@ -5,6 +5,7 @@ mod helpers;
 mod abuse;
 mod api_docs;
 mod auth;
+mod backup;
 mod bad_input;
 mod config;
 mod edges;

@@ -10,7 +10,7 @@ mod writer;
 
 pub use feed::{CommitFeed, FeedError, FeedSender, COMMIT_FEED_BYTES, COMMIT_FEED_LEN};
 pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, DB_FILE};
 pub use writer::WRITER_TASK;
 
 use crate::protocol::{ChatMessage, EventKind, MemberInfo, RoomInfo, RoomKind, Visibility};
