@@ -215,6 +215,9 @@ struct Connection {
     signal_at: Option<Instant>,
     /// Since when signals have come past their allowance without a break.
     signals_over_since: Option<Instant>,
+    /// Frames the client sent, and events sent to it, for the close line of the log.
+    frames_in: u32,
+    messages_out: u32,
 }
 
 /// Typing and presence frames a client may send at once without touching its message budget.
@@ -307,6 +310,8 @@ impl Connection {
             cursors: HashMap::new(),
             user: None,
             said_hello: false,
+            frames_in: 0,
+            messages_out: 0,
         }
     }
 
@@ -323,16 +328,33 @@ impl Connection {
     ) -> impl std::future::Future<Output = ()> + Send {
         async move {
             let id = self.sub.id();
-            tracing::debug!(conn = id, mode = ?self.mode, "connected");
+            let started = std::time::Instant::now();
+            let mode = self.mode;
+            let user = self.identity.user.as_ref().map(|u| u.username.clone());
+            tracing::info!(conn = id, user, protocol = ?mode, "socket open");
             let end = match self.serve(&mut socket).await {
                 Ok(()) => End::Gone,
                 Err(end) => end,
             };
+            let (frames_in, messages_out) = (self.frames_in, self.messages_out);
             // Leave the hub before the close handshake: nothing more is queued for this client.
             drop(self);
+            let code = match end {
+                End::Gone => None,
+                End::Close(code, _) => Some(code),
+            };
             Box::pin(finish(socket, end)).await;
             drop(held);
-            tracing::debug!(conn = id, "disconnected");
+            tracing::info!(
+                conn = id,
+                user,
+                protocol = ?mode,
+                duration_ms = started.elapsed().as_millis() as u64,
+                code,
+                frames_in,
+                messages_out,
+                "socket closed"
+            );
         }
     }
 
@@ -608,6 +630,7 @@ impl Connection {
         }
         if d.seq == *cursor + 1 {
             *cursor = d.seq;
+            self.messages_out = self.messages_out.saturating_add(1);
             let bytes = match self.mode {
                 Mode::Rich => d.rich.clone(),
                 // Classic clients see chat messages only.
@@ -637,6 +660,7 @@ impl Connection {
             let len = batch.len();
             for m in batch {
                 cursor = m.seq;
+                self.messages_out = self.messages_out.saturating_add(1);
                 let frame = match self.mode {
                     Mode::Rich => encode(&ServerFrame::Message(m)),
                     Mode::Classic => match classic_frame(&m) {
@@ -764,6 +788,7 @@ impl Connection {
 
     /// Parses a frame and admits it under the account's message budget.
     async fn on_text(&mut self, socket: &mut WebSocket, t: Utf8Bytes) -> Result<(), End> {
+        self.frames_in = self.frames_in.saturating_add(1);
         let input = match self.mode {
             Mode::Rich => Input::Rich(protocol::parse_client_frame(&t)),
             Mode::Classic => Input::Classic(

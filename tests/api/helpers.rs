@@ -403,6 +403,8 @@ pub async fn close_code(ws: &mut Ws) -> u16 {
 pub struct ServerProcess {
     pub child: std::process::Child,
     pub addr: String,
+    /// What it wrote to stdout after it started listening (the last 10,000 lines).
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ServerProcess {
@@ -454,12 +456,26 @@ impl ServerProcess {
                 .expect("line");
             if let Some(i) = line.find(marker) {
                 let rest = &line[i + marker.len()..];
-                break rest.split_whitespace().next().expect("addr").to_owned();
+                // The address ends where an address's characters do (text or JSON logs).
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || ".:[]".contains(c)))
+                    .unwrap_or(rest.len());
+                break rest[..end].to_owned();
             }
         };
-        // Keep draining its output so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        ServerProcess { child, addr }
+        // Keep draining its output so it never blocks on a full pipe, keeping the last lines.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+                if kept.len() >= 10_000 {
+                    kept.remove(0);
+                }
+                kept.push(line);
+            }
+        });
+        ServerProcess { child, addr, log }
     }
 
     /// Waits, off the runtime, for the process to exit, and returns how it did.

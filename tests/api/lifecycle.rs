@@ -60,3 +60,53 @@ async fn sigterm_closes_every_socket_with_1001_and_exits() {
     assert!(exit.success(), "clean exit, got {exit:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn each_socket_logs_one_line_when_it_opens_and_one_when_it_closes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start_with(dir.path(), &[], &[("HUBBUB_LOG_FORMAT", "json")], &[]);
+    let mut ws = server.rich(0).await;
+    let acks = send_many(&mut ws, "logged", 3).await;
+    assert_eq!(acks.len(), 3);
+    use futures_util::SinkExt;
+    ws.close(None).await.expect("close");
+    drop(ws);
+    let deadline = std::time::Instant::now() + WAIT;
+    let lines: Vec<serde_json::Value> = loop {
+        let lines: Vec<serde_json::Value> = server
+            .log
+            .lock()
+            .expect("log")
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "socket closed")
+        {
+            break lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no close line in {:?}",
+            server.log.lock().expect("log")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let opened: Vec<_> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "socket open")
+        .collect();
+    let closed: Vec<_> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "socket closed")
+        .collect();
+    assert_eq!((opened.len(), closed.len()), (1, 1), "{lines:?}");
+    let (open, close) = (&opened[0]["fields"], &closed[0]["fields"]);
+    assert_eq!(open["conn"], close["conn"]);
+    assert_eq!(close["protocol"], "Rich");
+    // The hello and three sends in; the three messages out (their echoes to this socket).
+    assert_eq!(close["frames_in"], 4, "{close}");
+    assert_eq!(close["messages_out"], 3, "{close}");
+    assert!(close["duration_ms"].as_u64().is_some(), "{close}");
+}
