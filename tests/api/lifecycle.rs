@@ -68,7 +68,6 @@ async fn each_socket_logs_one_line_when_it_opens_and_one_when_it_closes() {
     let mut ws = server.rich(0).await;
     let acks = send_many(&mut ws, "logged", 3).await;
     assert_eq!(acks.len(), 3);
-    use futures_util::SinkExt;
     ws.close(None).await.expect("close");
     drop(ws);
     let deadline = std::time::Instant::now() + WAIT;
