@@ -58,6 +58,21 @@ const KEEP_ENDED: Duration = Duration::from_secs(7 * 86_400);
 /// The name `/healthz` gives the purge task.
 pub const PURGE_TASK: &str = "purge";
 
+/// Makes the id of a request that came without one: a UUIDv7 (time-ordered, so log lines sort).
+#[derive(Clone, Copy)]
+struct RequestIds;
+
+impl tower_http::request_id::MakeRequestId for RequestIds {
+    fn make_request_id<B>(
+        &mut self,
+        _request: &axum::http::Request<B>,
+    ) -> Option<tower_http::request_id::RequestId> {
+        HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
+            .ok()
+            .map(tower_http::request_id::RequestId::new)
+    }
+}
+
 /// The server's shared state: cheap to clone, only handles inside.
 #[derive(Clone, FromRef)]
 pub struct AppState {
@@ -533,6 +548,34 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             upgrade_on_root,
+        ))
+        // One line per request, with its id (the caller's `x-request-id`, or a new one), which
+        // every log line of the request carries and the response echoes.
+        .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<_>| {
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
+                })
+                .on_request(())
+                .on_response(
+                    |res: &axum::http::Response<_>, took: Duration, _span: &tracing::Span| {
+                        tracing::info!(
+                            status = res.status().as_u16(),
+                            ms = took.as_secs_f64() * 1000.0,
+                            "request"
+                        );
+                    },
+                )
+                .on_failure(()),
+        )
+        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
+            RequestIds,
         ))
         // Pages set their own policy with a nonce; everything else gets the strictest one.
         .layer(SetResponseHeaderLayer::if_not_present(

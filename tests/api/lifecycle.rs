@@ -109,3 +109,49 @@ async fn each_socket_logs_one_line_when_it_opens_and_one_when_it_closes() {
     assert_eq!(close["messages_out"], 3, "{close}");
     assert!(close["duration_ms"].as_u64().is_some(), "{close}");
 }
+
+#[tokio::test]
+async fn each_request_logs_a_line_with_its_id_and_answers_with_the_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start_with(dir.path(), &[], &[("HUBBUB_LOG_FORMAT", "json")], &[]);
+    let http = reqwest::Client::new();
+    let given = http
+        .get(server.url("/healthz"))
+        .header("x-request-id", "test-request-7")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(given.headers()["x-request-id"], "test-request-7");
+    let made = http.get(server.url("/healthz")).send().await.expect("get");
+    let id = made.headers()["x-request-id"]
+        .to_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let lines: Vec<serde_json::Value> = server
+            .log
+            .lock()
+            .expect("log")
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|l: &serde_json::Value| l["fields"]["message"] == "request")
+            .collect();
+        let ids: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l["span"]["id"].as_str())
+            .collect();
+        if ids.contains(&"test-request-7") && ids.contains(&id.as_str()) {
+            let line = &lines[0];
+            assert_eq!(line["fields"]["status"], 200, "{line}");
+            assert_eq!(line["span"]["path"], "/healthz", "{line}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no request lines: {lines:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
