@@ -203,34 +203,7 @@ impl Nginx {
     fn start(nodes: &[&Node]) -> Nginx {
         assert_eq!(nodes.len(), 3, "the file names three nodes");
         let dir = tempfile::tempdir().expect("tempdir");
-        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        let made = std::process::Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=localhost",
-                "-addext",
-                "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                "-addext",
-                "basicConstraints=critical,CA:FALSE",
-            ])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl")
-            .success();
-        assert!(made, "openssl made a certificate");
+        let (cert, key) = self_signed_cert(dir.path());
         let port = free_port();
         let conf =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf"))
@@ -731,8 +704,12 @@ async fn sign_up(node: &Node, username: &str) -> (String, String) {
     (set_cookie(&resp, "hubbub_session").expect("session"), csrf)
 }
 
-/// A socket to `node` with a session cookie, hello said with `rooms` resumed from 0.
-async fn socket(node: &Node, session: &str, rooms: &[&str]) -> Ws {
+/// The upgrade request of a `hubbub.v1` socket to `node` with a session cookie and the node's
+/// own origin.
+fn session_request(
+    node: &Node,
+    session: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     let mut req = format!("ws://{}/ws", node.addr())
         .into_client_request()
         .expect("request");
@@ -749,6 +726,12 @@ async fn socket(node: &Node, session: &str, rooms: &[&str]) -> Ws {
         "Origin",
         HeaderValue::from_str(&format!("http://{}", node.addr())).expect("origin"),
     );
+    req
+}
+
+/// A socket to `node` with a session cookie, hello said with `rooms` resumed from 0.
+async fn socket(node: &Node, session: &str, rooms: &[&str]) -> Ws {
+    let req = session_request(node, session);
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("socket");
     let resume = rooms.iter().map(|r| ((*r).to_owned(), 0)).collect();
     send(&mut ws, &ClientFrame::Hello { resume, user: None }).await;
@@ -966,23 +949,7 @@ async fn an_accounts_limits_hold_across_nodes() {
     let mut two = socket(&b, &ann, &[]).await;
     until(&mut two, |f| matches!(f, ServerFrame::Welcome(_))).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let mut req = format!("ws://{}/ws", a.addr())
-        .into_client_request()
-        .expect("request");
-    let h = req.headers_mut();
-    h.insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static(SUBPROTOCOL),
-    );
-    h.insert(
-        "Cookie",
-        HeaderValue::from_str(&format!("hubbub_session={ann}")).expect("cookie"),
-    );
-    h.insert(
-        "Origin",
-        HeaderValue::from_str(&format!("http://{}", a.addr())).expect("origin"),
-    );
-    match tokio_tungstenite::connect_async(req).await {
+    match tokio_tungstenite::connect_async(session_request(&a, &ann)).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             assert_eq!(
                 resp.status(),

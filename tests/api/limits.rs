@@ -87,34 +87,7 @@ async fn a_client_sending_headers_slowly_is_closed_within_the_timeout() {
 #[tokio::test]
 async fn tls_serves_https_and_wss_with_hsts() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl")
-        .success();
-    assert!(ok, "openssl made a certificate");
+    let (cert, key) = self_signed_cert(dir.path());
     let app = spawn_app_with(|c| {
         c.tls_cert = Some(cert.clone());
         c.tls_key = Some(key.clone());
