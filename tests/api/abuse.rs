@@ -181,10 +181,10 @@ async fn a_signup_flood_from_one_address_is_refused_before_hashing() {
     assert_eq!(made + busy, 20, "{statuses:?}");
     assert!(made >= 16, "{statuses:?}");
     assert_eq!(statuses.get(&429), Some(&380));
-    assert!(
-        worst < Duration::from_millis(100),
-        "slowest /healthz {worst:?}"
-    );
+    // Hashing runs off the async threads: other requests are answered meanwhile. The bound only
+    // catches a stall (a runtime blocked by hashing takes seconds); the figure is printed above,
+    // and a shared 2-core machine under load has shown 15 to 180 ms.
+    assert!(worst < Duration::from_secs(1), "slowest /healthz {worst:?}");
     assert!(
         peak.saturating_sub(rss_before) < 100 * 1024,
         "RSS grew {} KiB",
