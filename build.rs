@@ -26,6 +26,9 @@ fn section(path: &str) -> BTreeMap<String, String> {
 fn main() {
     println!("cargo:rerun-if-changed=Cargo.toml");
     println!("cargo:rerun-if-changed=Leptos.toml");
+    // The migrations are embedded by `sqlx::migrate!`: a new one must rebuild the server.
+    println!("cargo:rerun-if-changed=migrations");
+    println!("cargo:rerun-if-changed=migrations/postgres");
     let build = section("Cargo.toml");
     let run = section("Leptos.toml");
     for (key, value) in &run {

@@ -160,7 +160,12 @@ async fn main() {
             let search = parse_search(&q).expect("query");
             let t = Instant::now();
             let found = store
-                .search(reader.id, &search, None, 20)
+                .search(
+                    hubbub::server::access::search_scope(&reader),
+                    &search,
+                    None,
+                    20,
+                )
                 .await
                 .expect("search");
             times.push(t.elapsed());

@@ -375,7 +375,7 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
             Some(prev) if len > prev => {
                 if st.at_bottom.get_untracked() {
                     scroll_to_bottom(list_ref);
-                } else {
+                } else if !st.detached.get_untracked() {
                     st.unseen.update(|n| *n += len - prev);
                 }
             }
@@ -422,15 +422,84 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
             st.draft.set(String::new());
             return;
         }
+        // Said in the present: a window of older history gives way to it.
+        #[cfg(feature = "hydrate")]
+        if st.detached.get_untracked() {
+            crate::client::to_present(session, st);
+        }
         #[cfg(feature = "hydrate")]
         crate::client::send(session, st, body);
         st.draft.set(String::new());
         st.at_bottom.set(true);
         scroll_to_bottom(list_ref);
     };
+    // The `@name` being typed where the caret is (where its `@` is, the caret, what is typed),
+    // the people it may name, and which of them is picked.
+    let mention = RwSignal::new(None::<(usize, usize, String)>);
+    let pick = RwSignal::new(0usize);
+    let candidates = move || -> Vec<crate::protocol::MemberInfo> {
+        let Some((_, _, typed)) = mention.get() else {
+            return Vec::new();
+        };
+        let typed = typed.to_lowercase();
+        let me = session.username.get_value();
+        st.people.with(|people| {
+            people
+                .iter()
+                .flatten()
+                .filter(|p| Some(&p.username) != me.as_ref())
+                .filter(|p| {
+                    p.username.starts_with(&typed) || p.display_name.to_lowercase().contains(&typed)
+                })
+                .take(6)
+                .cloned()
+                .collect()
+        })
+    };
+    let complete = move |username: String| {
+        let Some((at, caret, _)) = mention.get_untracked() else {
+            return;
+        };
+        let (text, caret) =
+            crate::markup::complete_mention(&st.draft.get_untracked(), at, caret, &username);
+        st.draft.set(text.clone());
+        mention.set(None);
+        #[cfg(feature = "hydrate")]
+        crate::client::put_caret(&text, caret);
+        let _ = (text, caret);
+    };
     // Esc leaves a reply or an edit; Up in an empty composer edits the user's last message.
+    // While names are offered, Up and Down choose, Enter or Tab takes one, Esc closes them.
     let composer_keys = move |ev: leptos::ev::KeyboardEvent| {
         let key = ev.key();
+        let offered = candidates();
+        if !offered.is_empty() {
+            let n = offered.len();
+            match key.as_str() {
+                "ArrowDown" => {
+                    ev.prevent_default();
+                    pick.update(|p| *p = (*p + 1) % n);
+                    return;
+                }
+                "ArrowUp" => {
+                    ev.prevent_default();
+                    pick.update(|p| *p = (*p + n - 1) % n);
+                    return;
+                }
+                "Enter" | "Tab" if !ev.shift_key() => {
+                    ev.prevent_default();
+                    let chosen = offered[pick.get_untracked().min(n - 1)].username.clone();
+                    complete(chosen);
+                    return;
+                }
+                "Escape" => {
+                    ev.prevent_default();
+                    mention.set(None);
+                    return;
+                }
+                _ => {}
+            }
+        }
         if key == "Enter" && !ev.shift_key() && !ev.is_composing() {
             ev.prevent_default();
             submit();
@@ -628,11 +697,28 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                             children=move |e: Entry| entry_view(session, st, e)
                         />
                     </ol>
+                    {move || st.detached.get().then(|| view! {
+                        <button class="older" on:click=click(move |_| {
+                            #[cfg(feature = "hydrate")]
+                            crate::client::load_newer(session, st);
+                        })>"Show newer messages"</button>
+                    })}
                 </div>
                 <Show when=move || members_open.get()>
                     <MembersPanel session room=room.clone()/>
                 </Show>
             </div>
+            <Show when=move || st.detached.get()>
+                <button
+                    class="new-marker"
+                    on:click=click(move |_| {
+                        #[cfg(feature = "hydrate")]
+                        crate::client::to_present(session, st);
+                    })
+                >
+                    "Older messages are shown. Jump to the present ↓"
+                </button>
+            </Show>
             <Show when=move || { st.unseen.get() > 0 }>
                 <button
                     class="new-marker"
@@ -680,6 +766,30 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                     })>"Cancel"</button>
                 </div>
             </Show>
+            <Show when=move || !candidates().is_empty()>
+                <ul class="mention-pick" role="listbox" id="mention-pick" aria-label="People to mention">
+                    {move || candidates().into_iter().enumerate().map(|(i, p)| {
+                        let chosen = i == pick.get();
+                        let username = p.username.clone();
+                        view! {
+                            <li
+                                role="option"
+                                id=format!("mention-{i}")
+                                aria-selected=chosen.to_string()
+                                class:current=chosen
+                                on:click=click(move |_| {
+                                    complete(username.clone());
+                                    focus_composer();
+                                })
+                            >
+                                <span class="author">{p.display_name}</span>
+                                " "
+                                <span class="handle">"@"{p.username}</span>
+                            </li>
+                        }
+                    }).collect_view()}
+                </ul>
+            </Show>
             <form
                 class="composer"
                 class:signed-in=signed_in
@@ -710,6 +820,9 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                     aria-label="Message"
                     placeholder="Message (Enter sends, Shift+Enter for a new line)"
                     maxlength="4000"
+                    aria-autocomplete="list"
+                    aria-controls="mention-pick"
+                    aria-activedescendant=move || (!candidates().is_empty()).then(|| format!("mention-{}", pick.get()))
                     prop:value=move || st.draft.get()
                     on:input=move |ev| {
                         let text = event_target_value(&ev);
@@ -717,7 +830,25 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                         if st.editing.get_untracked().is_none() {
                             crate::client::typed(session, st, &text);
                         }
+                        #[cfg(feature = "hydrate")]
+                        {
+                            let caret = crate::client::caret(&ev, &text);
+                            let found = crate::markup::mention_at(&text, caret)
+                                .map(|(at, typed)| (at, caret, typed.to_owned()));
+                            if found.is_some() && st.people.get_untracked().is_none() {
+                                crate::client::load_people(st);
+                            }
+                            if found.as_ref().map(|f| &f.2) != mention.get_untracked().as_ref().map(|m| &m.2) {
+                                pick.set(0);
+                            }
+                            mention.set(found);
+                        }
                         st.draft.set(text);
+                    }
+                    on:blur=move |_| {
+                        // A click on a name comes after the blur: let it land first.
+                        #[cfg(feature = "hydrate")]
+                        set_timeout(move || mention.set(None), std::time::Duration::from_millis(200));
                     }
                     on:keydown=composer_keys
                     on:paste=move |ev: leptos::ev::ClipboardEvent| {

@@ -1108,11 +1108,69 @@ async fn older_page(st: RoomState) -> Result<(), String> {
     Ok(())
 }
 
-/// Most pages of history read to bring one message into view.
-const REVEAL_PAGES: usize = 25;
+/// Where the caret is in the textarea an input event came from, as a byte offset in `text`
+/// (the browser counts UTF-16 units).
+pub fn caret(ev: &web_sys::Event, text: &str) -> usize {
+    use wasm_bindgen::JsCast;
+    let units = ev
+        .target()
+        .and_then(|t| t.dyn_into::<web_sys::HtmlTextAreaElement>().ok())
+        .and_then(|el| el.selection_start().ok().flatten())
+        .unwrap_or(u32::MAX) as usize;
+    let mut seen = 0;
+    for (at, c) in text.char_indices() {
+        if seen >= units {
+            return at;
+        }
+        seen += c.len_utf16();
+    }
+    text.len()
+}
 
-/// Brings message `seq` of the room into view and marks it a moment, reading older history
-/// until it is loaded (up to [`REVEAL_PAGES`] pages of 200).
+/// Puts the composer's caret at byte `at` of `text` (its value), and the focus in it.
+pub fn put_caret(text: &str, at: usize) {
+    use wasm_bindgen::JsCast;
+    let units: usize = text
+        .get(..at)
+        .map_or(0, |t| t.chars().map(char::len_utf16).sum());
+    let Some(el) = document()
+        .query_selector("textarea.body")
+        .ok()
+        .flatten()
+        .and_then(|el| el.dyn_into::<web_sys::HtmlTextAreaElement>().ok())
+    else {
+        return;
+    };
+    // The new value is set by the signal a moment later: place the caret after it.
+    request_animation_frame(move || {
+        let units = units as u32;
+        let _ = el.focus();
+        let _ = el.set_selection_range(units, units);
+    });
+}
+
+/// Reads the room's people once, for the composer to complete `@names` with.
+pub fn load_people(st: RoomState) {
+    st.people.set(Some(Vec::new()));
+    leptos::task::spawn_local(async move {
+        let url = format!("/api/rooms/{}", st.name());
+        match api::<crate::protocol::api::RoomDetail, ()>("GET", &url, None).await {
+            Ok(detail) => st.people.set(Some(detail.members)),
+            // Asked again at the next `@`.
+            Err(_) => st.people.set(None),
+        }
+    });
+}
+
+/// Most pages of history read upwards to bring one message into view; one further back is
+/// shown in a window of its own.
+const REVEAL_PAGES: usize = 3;
+/// Events shown before a revealed message in its window (the page holds about as many after).
+const CONTEXT: u64 = 25;
+
+/// Brings message `seq` of the room into view and marks it a moment. A message a few pages up
+/// is reached by reading the history above; one further back is shown with its context around
+/// it, in a window apart from the present ("Jump to the present" comes back).
 pub fn reveal(session: Session, st: RoomState, seq: u64) {
     leptos::task::spawn_local(async move {
         let loaded = |st: RoomState| {
@@ -1134,11 +1192,25 @@ pub fn reveal(session: Session, st: RoomState, seq: u64) {
                 break;
             }
         }
+        if !loaded(st) {
+            let url = format!(
+                "/api/rooms/{}/messages?before={}&limit={}",
+                st.name(),
+                seq + CONTEXT,
+                2 * CONTEXT
+            );
+            match api::<HistoryPage, ()>("GET", &url, None).await {
+                Ok(page) => st.show(page.messages, true),
+                Err(e) => session
+                    .last_error
+                    .set(Some(format!("could not load the message: {e}"))),
+            }
+        }
         st.focus.set(None);
         if !loaded(st) {
-            session.last_error.set(Some(
-                "That message is too far back to show here.".to_owned(),
-            ));
+            session
+                .last_error
+                .set(Some("That message is no longer there.".to_owned()));
             return;
         }
         st.at_bottom.set(false);
@@ -1155,6 +1227,70 @@ pub fn reveal(session: Session, st: RoomState, seq: u64) {
                 );
             }
         });
+    });
+}
+
+/// Shows the next page of history below a window of older history; the window joins the
+/// present when it reaches it.
+pub fn load_newer(session: Session, st: RoomState) {
+    leptos::task::spawn_local(async move {
+        let url = format!(
+            "/api/rooms/{}/messages?after={}&limit={}",
+            st.name(),
+            st.window_end.get_value(),
+            crate::protocol::MAX_PAGE
+        );
+        match api::<HistoryPage, ()>("GET", &url, None).await {
+            Ok(page) => st.append_newer(page.messages),
+            Err(e) => session
+                .last_error
+                .set(Some(format!("could not load newer messages: {e}"))),
+        }
+    });
+}
+
+/// Leaves a window of older history for the room's present: its latest page, then whatever
+/// arrived meanwhile, until what is shown reaches the cursor.
+pub fn to_present(session: Session, st: RoomState) {
+    leptos::task::spawn_local(async move {
+        let url = format!(
+            "/api/rooms/{}/messages?limit={}",
+            st.name(),
+            crate::protocol::PAGE_HISTORY
+        );
+        match api::<HistoryPage, ()>("GET", &url, None).await {
+            Ok(page) => st.show(page.messages, true),
+            Err(e) => {
+                session
+                    .last_error
+                    .set(Some(format!("could not load the latest messages: {e}")));
+                return;
+            }
+        }
+        // Events that came live while the page was on its way were not shown: read them.
+        while st.detached.get_untracked() {
+            let url = format!(
+                "/api/rooms/{}/messages?after={}&limit={}",
+                st.name(),
+                st.window_end.get_value(),
+                crate::protocol::MAX_PAGE
+            );
+            match api::<HistoryPage, ()>("GET", &url, None).await {
+                Ok(page) if page.messages.is_empty() => {
+                    // Nothing stored after what is shown: the present is shown.
+                    st.detached.set(false);
+                }
+                Ok(page) => st.append_newer(page.messages),
+                Err(e) => {
+                    session
+                        .last_error
+                        .set(Some(format!("could not load the latest messages: {e}")));
+                    return;
+                }
+            }
+        }
+        st.at_bottom.set(true);
+        st.unseen.set(0);
     });
 }
 

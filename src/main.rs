@@ -14,6 +14,12 @@ async fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == "backup" || a == "restore") {
         return backup_command(&args).await;
     }
+    if args
+        .get(1)
+        .is_some_and(|a| a == "admin" || a == "export" || a == "import")
+    {
+        return ops_command(&args).await;
+    }
     let config = match Config::load_from(args) {
         Ok((config, _)) => config,
         Err(config::ConfigError::Invalid(e)) => e.exit(),
@@ -145,6 +151,139 @@ async fn backup_command(args: &[OsString]) -> ExitCode {
         }
     }
 }
+
+const OPS_USAGE: &str = "usage: hubbub admin grant|revoke USER [FLAGS…]
+       hubbub export --room ROOM [--out FILE] [FLAGS…]
+       hubbub import FILE|- [--as ROOM] [--private|--public] [FLAGS…]";
+
+/// `hubbub admin grant|revoke USER`, `hubbub export --room ROOM [--out FILE]` and
+/// `hubbub import FILE [--as ROOM] [--private|--public]`, on the storage of the settings (the
+/// data directory or `--database`); the other flags are the server's.
+async fn ops_command(args: &[OsString]) -> ExitCode {
+    let usage = || {
+        eprintln!("{OPS_USAGE}");
+        ExitCode::from(2)
+    };
+    let command = args[1].to_string_lossy().into_owned();
+    // The command's own words and options; everything else goes to the settings.
+    let mut words: Vec<String> = Vec::new();
+    let mut options: std::collections::HashMap<&str, String> = Default::default();
+    let mut flags: Vec<OsString> = vec![args[0].clone()];
+    let mut rest = args[2..].iter();
+    while let Some(a) = rest.next() {
+        let text = a.to_string_lossy();
+        match text.as_ref() {
+            "--room" | "--out" | "--as" => {
+                let key = match text.as_ref() {
+                    "--room" => "room",
+                    "--out" => "out",
+                    _ => "as",
+                };
+                match rest.next() {
+                    Some(v) => {
+                        options.insert(key, v.to_string_lossy().into_owned());
+                    }
+                    None => return usage(),
+                }
+            }
+            "--private" | "--public" => {
+                options.insert("visibility", text.trim_start_matches('-').to_owned());
+            }
+            _ if !text.starts_with('-') && flags.len() == 1 => words.push(text.into_owned()),
+            _ => {
+                flags.push(a.clone());
+                // A flag's value follows it (unless given as --flag=value or a switch).
+                if !text.contains('=') && !SWITCHES.contains(&text.as_ref()) {
+                    if let Some(v) = rest.next() {
+                        flags.push(v.clone());
+                    }
+                }
+            }
+        }
+    }
+    let config = match Config::load_from(flags) {
+        Ok((config, _)) => config,
+        Err(config::ConfigError::Invalid(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("hubbub: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (store, accounts) = match server::open_stores(&config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("hubbub: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = match (command.as_str(), words.as_slice()) {
+        ("admin", [verb, user]) if verb == "grant" || verb == "revoke" => {
+            server::ops::set_admin(&accounts, user, verb == "grant")
+                .await
+                .map(|()| {
+                    let what = if verb == "grant" { "now" } else { "no longer" };
+                    format!("@{user} is {what} an admin")
+                })
+        }
+        ("export", []) => {
+            let Some(room) = options.get("room") else {
+                return usage();
+            };
+            let written = match options.get("out") {
+                Some(path) => match std::fs::File::create(path) {
+                    Ok(file) => {
+                        let mut out = std::io::BufWriter::new(file);
+                        server::ops::export(&store, room, &mut out).await
+                    }
+                    Err(e) => Err(e.into()),
+                },
+                None => {
+                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                    server::ops::export(&store, room, &mut out).await
+                }
+            };
+            written.map(|n| format!("exported {n} events of #{room}"))
+        }
+        ("import", [path]) => {
+            let visibility = options.get("visibility").map(|v| {
+                if v == "private" {
+                    hubbub::protocol::Visibility::Private
+                } else {
+                    hubbub::protocol::Visibility::Public
+                }
+            });
+            let rename = options.get("as").map(String::as_str);
+            let imported = if path == "-" {
+                let input = std::io::BufReader::new(std::io::stdin().lock());
+                server::ops::import(&store, input, rename, visibility).await
+            } else {
+                match std::fs::File::open(path) {
+                    Ok(file) => {
+                        let input = std::io::BufReader::new(file);
+                        server::ops::import(&store, input, rename, visibility).await
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            };
+            imported.map(|(room, n)| format!("imported {n} events into #{room}"))
+        }
+        _ => return usage(),
+    };
+    match outcome {
+        Ok(said) => {
+            // The export itself may be on standard output: what happened goes to standard error.
+            eprintln!("{said}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hubbub: {command} failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The server's flags that take no value.
+const SWITCHES: &[&str] = &["--allow-anonymous", "--secure-cookies"];
 
 async fn start(config: Config) -> Result<(), server::ServerError> {
     let leptos_options = config::leptos_options(&config.leptos_config)?;

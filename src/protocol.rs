@@ -43,6 +43,9 @@ pub mod close {
     pub const UNSUPPORTED_DATA: u16 = 1003;
     /// A text frame that is not valid UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A close frame without a code (never sent; what the server records when a client's
+    /// close says none).
+    pub const NO_STATUS: u16 = 1005;
     /// A policy was broken (auth, origin, rate).
     pub const POLICY: u16 = 1008;
     /// A frame or message over [`super::MAX_FRAME_BYTES`].

@@ -192,6 +192,113 @@ impl Drop for OwnNats {
     }
 }
 
+/// A PostgreSQL server of the test's own (a fresh cluster in a temporary directory, on a spare
+/// port), to stop and start again; never the machine's.
+struct OwnPostgres {
+    port: u16,
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl OwnPostgres {
+    fn start() -> OwnPostgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's binaries (scripts/services installs them)")
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("bin"))
+            .find(|b| b.join("pg_ctl").exists())
+            .expect("pg_ctl");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg = OwnPostgres {
+            port: free_port(),
+            bin,
+            dir,
+        };
+        // PostgreSQL refuses to run as root: its files belong to the postgres user then.
+        if OwnPostgres::as_root() {
+            let ok = std::process::Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(pg.dir.path())
+                .status()
+                .expect("chown")
+                .success();
+            assert!(ok, "chown to postgres");
+        }
+        let data = pg.data();
+        pg.run(
+            "initdb",
+            &["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        );
+        pg.up();
+        pg
+    }
+
+    fn as_root() -> bool {
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0"))
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    /// Runs one of PostgreSQL's programs (as the postgres user when we are root); its output
+    /// when it fails.
+    fn try_run(&self, program: &str, args: &[&str]) -> Result<(), String> {
+        let path = self.bin.join(program);
+        let mut command = if Self::as_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            std::process::Command::new(&path)
+        };
+        let out = command.args(args).output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        if let Err(e) = self.try_run(program, args) {
+            panic!("{program}: {e}");
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn up(&self) {
+        let data = self.data();
+        let log = format!("{data}/log");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        self.run(
+            "pg_ctl",
+            &["-D", &data, "-l", &log, "-w", "-o", &options, "start"],
+        );
+    }
+
+    /// Stops it at once, as a crash would (no checkpoint, connections cut).
+    fn kill(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "stop"]);
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = self.try_run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "stop"]);
+    }
+}
+
 /// nginx with `deploy/nginx.conf`, only its ports, certificate and log paths changed.
 struct Nginx {
     port: u16,
@@ -294,6 +401,65 @@ async fn through_nginx(port: u16, tls: &tokio_rustls::TlsConnector) -> Result<Tl
         .await
         .map_err(|e| e.to_string())?;
     Ok(ws)
+}
+
+/// One HTTP/1.1 request through nginx (TLS), answered in full: (status, headers, body).
+async fn https(
+    nginx: &Nginx,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = TcpStream::connect(("127.0.0.1", nginx.port))
+        .await
+        .expect("connect to nginx");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = nginx.tls().connect(name, tcp).await.expect("TLS");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        nginx.port,
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    tls.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+/// The value of cookie `name` set by an answer, with the attributes it was set with.
+fn set_cookie_line(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .find(|(_, v)| v.starts_with(&format!("{name}=")))
+        .map(|(_, v)| v.clone())
+}
+
+fn cookie_value(line: &str) -> String {
+    line.split(';')
+        .next()
+        .and_then(|kv| kv.split_once('='))
+        .map(|(_, v)| v.to_owned())
+        .unwrap_or_default()
 }
 
 /// What one chatting client saw.
@@ -618,6 +784,132 @@ async fn a_node_killed_mid_load_loses_and_repeats_nothing_through_nginx() {
 }
 
 #[tokio::test]
+async fn a_person_signs_up_posts_and_reads_through_nginx_on_any_node() {
+    let db = ScratchDb::create().await.expect("scratch database");
+    let bus = shared_nats();
+    let proxy = ["--secure-cookies", "--trusted-proxy", "127.0.0.1"];
+    // No guests: everything below is a signed-in person's.
+    let secure = [("HUBBUB_ALLOW_ANONYMOUS", "false")];
+    let a = Node::start("a", db.url(), &bus, &proxy, &secure);
+    let b = Node::start("b", db.url(), &bus, &proxy, &secure);
+    let c = Node::start("c", db.url(), &bus, &proxy, &secure);
+    let nginx = Nginx::start(&[&a, &b, &c]);
+    let origin = format!("https://localhost:{}", nginx.port);
+
+    // The sign-up form and its post land on different nodes (round-robin): the CSRF token and
+    // the session are the shared database's, and the cookies are Secure with the __Host- prefix.
+    let (status, headers, _) = https(&nginx, "GET", "/signup", &[], "").await;
+    assert_eq!(status, 200);
+    let csrf_line = set_cookie_line(&headers, "__Host-hubbub_csrf").expect("a CSRF cookie");
+    assert!(csrf_line.contains("Secure"), "{csrf_line}");
+    let csrf = cookie_value(&csrf_line);
+    let form = format!("username=ann&password=correct+horse+battery&csrf={csrf}");
+    let (status, headers, _) = https(
+        &nginx,
+        "POST",
+        "/auth/signup",
+        &[
+            ("Origin", origin.clone()),
+            ("Cookie", format!("__Host-hubbub_csrf={csrf}")),
+            ("Content-Type", "application/x-www-form-urlencoded".into()),
+        ],
+        &form,
+    )
+    .await;
+    assert_eq!(status, 303, "signed up through nginx");
+    let session_line =
+        set_cookie_line(&headers, "__Host-hubbub_session").expect("a session cookie");
+    for attribute in ["Secure", "HttpOnly", "Path=/"] {
+        assert!(session_line.contains(attribute), "{session_line}");
+    }
+    let session = cookie_value(&session_line);
+    let cookie = format!("__Host-hubbub_session={session}");
+
+    // Three sockets through nginx land on the three nodes in turn.
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let tcp = TcpStream::connect(("127.0.0.1", nginx.port))
+            .await
+            .expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let stream = nginx.tls().connect(name, tcp).await.expect("TLS");
+        let mut req = format!("wss://localhost:{}/ws", nginx.port)
+            .into_client_request()
+            .expect("request");
+        let h = req.headers_mut();
+        h.insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+        h.insert("Cookie", HeaderValue::from_str(&cookie).expect("cookie"));
+        h.insert("Origin", HeaderValue::from_str(&origin).expect("origin"));
+        let (mut ws, _) = tokio_tungstenite::client_async(req, stream)
+            .await
+            .expect("a signed-in socket through nginx");
+        let hello = ClientFrame::Hello {
+            resume: BTreeMap::from([("general".to_owned(), 0)]),
+            user: None,
+        };
+        ws.send(Message::text(serde_json::to_string(&hello).expect("json")))
+            .await
+            .expect("hello");
+        sockets.push(ws);
+    }
+    // Posts over HTTP through nginx (each may land on any node) reach every socket, in order, once.
+    for i in 0..6 {
+        let body = json!({ "body": format!("over https {i}"), "client_id": format!("h-{i}") });
+        let (status, _, answer) = https(
+            &nginx,
+            "POST",
+            "/api/rooms/general/messages",
+            &[
+                ("Origin", origin.clone()),
+                ("Cookie", cookie.clone()),
+                ("Content-Type", "application/json".into()),
+            ],
+            &body.to_string(),
+        )
+        .await;
+        assert_eq!(status, 201, "{answer}");
+        // The server names the author from the session, whatever node took the post.
+        let stored: Value = serde_json::from_str(&answer).expect("json");
+        assert_eq!(stored["message"]["username"], "ann", "{stored}");
+    }
+    for ws in sockets.iter_mut() {
+        let mut bodies = Vec::new();
+        while bodies.len() < 6 {
+            match tokio::time::timeout(WAIT, ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    if let Ok(ServerFrame::Message(m)) = serde_json::from_str::<ServerFrame>(&t) {
+                        if m.room == "general" && m.is_message() {
+                            bodies.push(m.body.clone());
+                        }
+                    }
+                }
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("socket ended: {other:?}"),
+            }
+        }
+        let want: Vec<String> = (0..6).map(|i| format!("over https {i}")).collect();
+        assert_eq!(bodies, want);
+    }
+    // A page from another origin cannot use the session through the proxy.
+    let (status, _, _) = https(
+        &nginx,
+        "POST",
+        "/api/rooms/general/messages",
+        &[
+            ("Origin", "https://evil.example".into()),
+            ("Cookie", cookie.clone()),
+            ("Content-Type", "application/json".into()),
+        ],
+        r#"{"body":"forged"}"#,
+    )
+    .await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
 async fn a_rolling_restart_of_every_node_loses_and_repeats_nothing() {
     let db = ScratchDb::create().await.expect("scratch database");
     let bus = shared_nats();
@@ -640,23 +932,68 @@ async fn a_rolling_restart_of_every_node_loses_and_repeats_nothing() {
     .await;
 }
 
+/// Sends `n` messages to `general` on `ws`, one every few milliseconds, each waiting for its
+/// ack (so one is always in flight), counting the acks in `acked`; returns their seqs.
+async fn steady_sender(
+    mut ws: Ws,
+    n: usize,
+    acked: Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<u64> {
+    let mut seqs = Vec::with_capacity(n);
+    for i in 0..n {
+        seqs.extend(send_many(&mut ws, &format!("load{i}"), 1).await);
+        acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(8)).await;
+    }
+    seqs
+}
+
+/// Waits until `counter` reaches `want`.
+async fn reached(counter: &std::sync::atomic::AtomicUsize, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counter.load(std::sync::atomic::Ordering::SeqCst) < want {
+        assert!(Instant::now() < deadline, "the load stalled before {want}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Whether the node's log has a line containing `text`.
+fn logged(node: &Node, text: &str) -> bool {
+    node.process()
+        .log
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|l| l.contains(text))
+}
+
 #[tokio::test]
 async fn the_bus_killed_and_restarted_mid_load_costs_reads_not_messages() {
+    const N: usize = 300;
     let db = ScratchDb::create().await.expect("scratch database");
     let mut nats = OwnNats::start();
     let a = Node::start("a", db.url(), &nats.url(), &[], &[]);
     let b = Node::start("b", db.url(), &nats.url(), &[], &[]);
     let mut on_b = b.process().rich(0).await;
-    let mut on_a = a.process().rich(0).await;
-    let before = send_many(&mut on_a, "before", 20).await;
-    assert_eq!(collect(&mut on_b, 20).await, before);
+    // A steady stream of sends on A while the bus goes away and comes back.
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let load = tokio::spawn(steady_sender(
+        a.process().rich(0).await,
+        N,
+        Arc::clone(&acked),
+    ));
+    // B reads all along, so that what it receives while the bus is down is checked as it comes.
+    let reader = tokio::spawn(async move {
+        let seqs = collect(&mut on_b, N).await;
+        (seqs, on_b)
+    });
+    reached(&acked, N / 5).await;
     nats.kill();
-    // While the bus is away: sent on A, read by B from the database.
-    let during = send_many(&mut on_a, "during", 20).await;
-    assert_eq!(collect(&mut on_b, 20).await, during);
+    reached(&acked, N / 2).await;
     let h = b.health().await;
     assert_eq!(h["status"], "degraded", "{h}");
     assert_eq!(h["bus"]["connected"], false, "{h}");
+    assert_eq!(h["database"], "ok", "{h}");
     nats.up();
     let deadline = Instant::now() + WAIT;
     loop {
@@ -670,14 +1007,114 @@ async fn the_bus_killed_and_restarted_mid_load_costs_reads_not_messages() {
         assert!(Instant::now() < deadline, "the bus did not come back: {h}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let after = send_many(&mut on_a, "after", 20).await;
-    assert_eq!(collect(&mut on_b, 20).await, after);
+    let sent = load.await.expect("sender");
+    let (seen, mut on_b) = reader.await.expect("reader");
+    // Every acked message reached B once, in seq order, with no gap: those sent while the bus
+    // was away came from the database.
+    assert_eq!(sent, (1..=N as u64).collect::<Vec<u64>>());
+    assert_eq!(seen, sent);
     nothing_more(&mut on_b).await;
+    let reads = b.health().await["gap_reads"].as_u64().expect("gap_reads");
+    assert!(reads >= 1, "B read what the bus missed: {reads} gap reads");
+    // And the operator was told, on both sides of the outage.
+    assert!(logged(&b, "bus connection lost"), "B logged the outage");
+    assert!(logged(&b, "bus connection back"), "B logged the return");
+}
+
+#[tokio::test]
+async fn the_database_gone_refuses_sends_without_acking_and_loses_nothing_when_back() {
+    let pg = OwnPostgres::start();
+    let node = Node::start("a", &pg.url(), &shared_nats(), &[], &[]);
+    let mut ws = node.process().rich(0).await;
+    let before = send_many(&mut ws, "before", 10).await;
+    assert_eq!(before, (1..=10).collect::<Vec<u64>>());
+
+    pg.kill();
+    // The health check says so, with 503, so that a supervisor or a balancer can tell.
+    let r = reqwest::get(node.url("/healthz")).await.expect("health");
+    assert_eq!(r.status(), 503);
+    let h: Value = r.json().await.expect("json");
+    assert_eq!(h["database"], "unavailable", "{h}");
+    assert_eq!(h["status"], "failing", "{h}");
+    // A send is answered with an error, never an ack: the client keeps it to send again.
+    send(
+        &mut ws,
+        &send_frame("general", "during-0", "while the database is away"),
+    )
+    .await;
+    let answer = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerFrame>(&t) {
+                    Ok(ServerFrame::Ack(a)) => return format!("ack {}", a.seq),
+                    Ok(ServerFrame::Error(e)) => return format!("error {:?}", e.code),
+                    _ => continue,
+                },
+                Some(Ok(Message::Close(c))) => return format!("closed {c:?}"),
+                Some(Ok(_)) => continue,
+                other => return format!("ended {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("an answer within the pool's timeout");
     assert_eq!(
-        [before[0], *after.last().expect("acked")],
-        [1, 60],
-        "one seq each, no gap"
+        answer, "error Internal",
+        "refused, not acked, and the socket stays"
     );
+    assert!(
+        logged(&node, "database unavailable"),
+        "the log says what is wrong"
+    );
+
+    pg.up();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(node.url("/healthz"))
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+        != 200
+    {
+        assert!(Instant::now() < deadline, "the node did not recover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The client resends what was not acked, with the same client_id: stored once, after the rest.
+    let mut ws = node.process().rich(10).await;
+    send(
+        &mut ws,
+        &send_frame("general", "during-0", "while the database is away"),
+    )
+    .await;
+    let ServerFrame::Ack(first) = until(&mut ws, |f| matches!(f, ServerFrame::Ack(_))).await else {
+        unreachable!()
+    };
+    assert_eq!(first.seq, 11);
+    send(
+        &mut ws,
+        &send_frame("general", "during-0", "while the database is away"),
+    )
+    .await;
+    let ServerFrame::Ack(again) = until(&mut ws, |f| matches!(f, ServerFrame::Ack(_))).await else {
+        unreachable!()
+    };
+    assert_eq!(again.seq, 11, "a resend is not stored twice");
+    let after = send_many(&mut ws, "after", 5).await;
+    assert_eq!(after, (12..=16).collect::<Vec<u64>>());
+    // A reader from the start sees everything acked, once, in order.
+    let mut reader = node.process().rich_raw().await;
+    send(
+        &mut reader,
+        &ClientFrame::Hello {
+            resume: BTreeMap::from([("general".to_owned(), 0)]),
+            user: Some("reader".into()),
+        },
+    )
+    .await;
+    assert_eq!(
+        collect(&mut reader, 16).await,
+        (1..=16).collect::<Vec<u64>>()
+    );
+    nothing_more(&mut reader).await;
 }
 
 /// Signs up on `node` and returns (session, csrf).
@@ -738,6 +1175,32 @@ async fn socket(node: &Node, session: &str, rooms: &[&str]) -> Ws {
     ws
 }
 
+/// A form posted to `node` as a signed-in browser would (session, CSRF token, the node's origin).
+async fn form_on(
+    node: &Node,
+    path: &str,
+    session: &str,
+    csrf: &str,
+    fields: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut fields = fields.to_vec();
+    fields.push(("csrf", csrf));
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .post(node.url(path))
+        .header("Origin", format!("http://{}", node.addr()))
+        .header(
+            "Cookie",
+            format!("hubbub_session={session}; hubbub_csrf={csrf}"),
+        )
+        .form(&fields)
+        .send()
+        .await
+        .expect("form")
+}
+
 async fn api(node: &Node, session: &str, method: reqwest::Method, path: &str, body: Value) -> u16 {
     reqwest::Client::new()
         .request(method, node.url(path))
@@ -752,7 +1215,7 @@ async fn api(node: &Node, session: &str, method: reqwest::Method, path: &str, bo
 }
 
 #[tokio::test]
-async fn a_log_out_and_a_removal_on_one_node_reach_the_sockets_on_another() {
+async fn a_removal_a_revoked_token_and_a_log_out_on_one_node_reach_the_sockets_on_another() {
     let db = ScratchDb::create().await.expect("scratch database");
     let bus = shared_nats();
     let a = Node::start("a", db.url(), &bus, &[], &[]);
@@ -802,6 +1265,105 @@ async fn a_log_out_and_a_removal_on_one_node_reach_the_sockets_on_another() {
         |f| matches!(f, ServerFrame::Left(l) if l.room == "plans"),
     )
     .await;
+    // What is said there afterwards, on A, never reaches him on B, and B no longer lets him read it.
+    let said = api(
+        &a,
+        &ann,
+        post.clone(),
+        "/api/rooms/plans/messages",
+        json!({"body": "after bob left", "client_id": "after-1"}),
+    )
+    .await;
+    assert_eq!(said, 201);
+    let heard = tokio::time::timeout(Duration::from_millis(1_500), async {
+        loop {
+            if let ServerFrame::Message(m) = next(&mut bobs).await {
+                if m.room == "plans" {
+                    return m;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(heard.is_err(), "a removed member heard {heard:?}");
+    let history = api(
+        &b,
+        &bob,
+        reqwest::Method::GET,
+        "/api/rooms/plans/messages",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        history, 404,
+        "the room is as unknown to him as any private room"
+    );
+
+    // A token revoked on A closes its socket on B with 4001, and B refuses it from then on.
+    let tokens = form_on(
+        &a,
+        "/auth/tokens",
+        &ann,
+        &ann_csrf,
+        &[("name", "bot"), ("days", "1")],
+    )
+    .await;
+    assert_eq!(tokens.status(), 200);
+    let html = tokens.text().await.expect("page");
+    let start = html.find("<code>").expect("the token is shown once") + 6;
+    let token = html[start..].split('<').next().expect("token").to_owned();
+    let bearer = |node: &Node| {
+        let mut req = format!("ws://{}/ws", node.addr())
+            .into_client_request()
+            .expect("request");
+        let h = req.headers_mut();
+        h.insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+        h.insert(
+            "Authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+        );
+        req
+    };
+    let (mut bot, _) = tokio_tungstenite::connect_async(bearer(&b))
+        .await
+        .expect("a socket with the token on B");
+    send(
+        &mut bot,
+        &ClientFrame::Hello {
+            resume: BTreeMap::new(),
+            user: None,
+        },
+    )
+    .await;
+    until(&mut bot, |f| matches!(f, ServerFrame::Welcome(_))).await;
+    let pool = sqlx::PgPool::connect(db.url()).await.expect("db");
+    let id: i64 = sqlx::query_scalar("SELECT id FROM api_tokens WHERE name = 'bot'")
+        .fetch_one(&pool)
+        .await
+        .expect("token id");
+    let started = Instant::now();
+    let revoked = form_on(
+        &a,
+        &format!("/auth/tokens/{id}/revoke"),
+        &ann,
+        &ann_csrf,
+        &[],
+    )
+    .await;
+    assert_eq!(revoked.status(), 303);
+    assert_eq!(close_code(&mut bot).await, 4001);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    match tokio_tungstenite::connect_async(bearer(&b)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
+        other => panic!("a revoked token was let in: {:?}", other.map(|_| ())),
+    }
 
     // Ann's socket on B closes with 4001 when she logs out on A, long before B would recheck.
     let mut anns = socket(&b, &ann, &[]).await;

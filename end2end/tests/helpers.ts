@@ -1,4 +1,8 @@
 import { expect, type Page } from "@playwright/test";
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
 
 export const PASSWORD = "correct horse battery";
 
@@ -37,3 +41,46 @@ export async function apiPost(page: Page, body: string, user?: string) {
   });
   expect(r.status()).toBe(201);
 }
+
+/** A server of a test's own (its first account is the admin), to kill and restart. */
+export class OwnServer {
+  proc?: ChildProcess;
+  readonly dataDir = mkdtempSync(path.join(tmpdir(), "hubbub-e2e-"));
+  constructor(readonly port: number) {}
+
+  get url() {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  async start() {
+    const root = path.resolve(__dirname, "../..");
+    const bin = path.join(process.env.CARGO_TARGET_DIR ?? path.join(root, "target"), "debug/hubbub");
+    this.proc = spawn(bin, ["--addr", `127.0.0.1:${this.port}`, "--data-dir", this.dataDir, "--log", "warn"], {
+      cwd: root,
+      stdio: "ignore",
+    });
+    for (let i = 0; i < 200; i++) {
+      try {
+        if ((await fetch(`${this.url}/healthz`)).ok) return;
+      } catch {
+        // not up yet
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error("server did not start");
+  }
+
+  async kill() {
+    const proc = this.proc;
+    if (!proc || proc.exitCode !== null) return;
+    const exited = new Promise((r) => proc.once("exit", r));
+    proc.kill("SIGKILL");
+    await exited;
+  }
+
+  async dispose() {
+    await this.kill();
+    rmSync(this.dataDir, { recursive: true, force: true });
+  }
+}
+

@@ -1,10 +1,5 @@
 import { expect, test, type Browser } from "@playwright/test";
-import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import path from "node:path";
-
-import { message, PASSWORD, say, signUp } from "./helpers";
+import { message, OwnServer, PASSWORD, say, signUp } from "./helpers";
 
 async function twoPages(browser: Browser) {
   const ctxA = await browser.newContext();
@@ -94,48 +89,6 @@ test("a message the server refuses can be discarded", async ({ page }) => {
   await expect(page.locator(".conn")).toHaveText("connected");
   await expect(page.locator('li.msg[data-status="failed"]')).toHaveCount(0);
 });
-
-/** A server of this test's own, so it can be killed and restarted. */
-class OwnServer {
-  proc?: ChildProcess;
-  readonly dataDir = mkdtempSync(path.join(tmpdir(), "hubbub-e2e-"));
-  constructor(readonly port: number) {}
-
-  get url() {
-    return `http://127.0.0.1:${this.port}`;
-  }
-
-  async start() {
-    const root = path.resolve(__dirname, "../..");
-    const bin = path.join(process.env.CARGO_TARGET_DIR ?? path.join(root, "target"), "debug/hubbub");
-    this.proc = spawn(bin, ["--addr", `127.0.0.1:${this.port}`, "--data-dir", this.dataDir, "--log", "warn"], {
-      cwd: root,
-      stdio: "ignore",
-    });
-    for (let i = 0; i < 200; i++) {
-      try {
-        if ((await fetch(`${this.url}/healthz`)).ok) return;
-      } catch {
-        // not up yet
-      }
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    throw new Error("server did not start");
-  }
-
-  async kill() {
-    const proc = this.proc;
-    if (!proc || proc.exitCode !== null) return;
-    const exited = new Promise((r) => proc.once("exit", r));
-    proc.kill("SIGKILL");
-    await exited;
-  }
-
-  async dispose() {
-    await this.kill();
-    rmSync(this.dataDir, { recursive: true, force: true });
-  }
-}
 
 test("after the server is killed and restarted, pages reconnect by themselves", async ({ browser }) => {
   const server = new OwnServer(Number(process.env.HUBBUB_E2E_PORT ?? 3100) + 1);

@@ -7,7 +7,7 @@
 
 use crate::protocol::{self, RoomKind, Visibility};
 use crate::server::chat::ChatError;
-use crate::server::store::{DynStore, RoomAccess, User};
+use crate::server::store::{DynStore, ReadScope, RoomAccess, User};
 
 /// What the caller wants to do in the room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +102,24 @@ fn decide(access: &RoomAccess, user: Option<&User>, action: Action) -> Result<()
     }
 }
 
+/// The rooms `user` may search: what [`decide`] lets them read, as the store can ask it of many
+/// rooms at once (their rooms, and the public rooms anyone with an account may read).
+pub fn search_scope(user: &User) -> ReadScope {
+    ReadScope {
+        member: user.id,
+        public_rooms: true,
+    }
+}
+
+/// What only the server's administrators may do: the admin view and its actions, invite links.
+pub fn administer(user: &User) -> Result<(), ChatError> {
+    if user.is_admin {
+        Ok(())
+    } else {
+        Err(ChatError::Forbidden("only administrators may do that"))
+    }
+}
+
 fn is_admin(user: Option<&User>) -> bool {
     user.is_some_and(|u| u.is_admin)
 }
@@ -161,6 +179,29 @@ mod tests {
         // A DM is never public, whatever its visibility says.
         let dm = room(Visibility::Public, RoomKind::Dm, None, 2);
         assert!(hidden(decide(&dm, Some(&ann), Action::Read)));
+    }
+
+    /// The search scope lets an account search exactly the rooms [`decide`] lets it read.
+    #[test]
+    fn the_search_scope_is_the_read_rule() {
+        let ann = user(1, false);
+        let scope = search_scope(&ann);
+        for visibility in [Visibility::Public, Visibility::Private] {
+            for kind in [RoomKind::Room, RoomKind::Dm] {
+                for role in [None, Some("member"), Some("owner")] {
+                    let r = room(visibility, kind, role, 2);
+                    let may_read = decide(&r, Some(&ann), Action::Read).is_ok();
+                    let in_scope = role.is_some()
+                        || (scope.public_rooms
+                            && visibility == Visibility::Public
+                            && kind == RoomKind::Room);
+                    assert_eq!(may_read, in_scope, "{visibility:?} {kind:?} {role:?}");
+                }
+            }
+        }
+        assert_eq!(scope.member, ann.id);
+        assert!(administer(&user(9, true)).is_ok());
+        assert!(administer(&ann).is_err());
     }
 
     #[test]

@@ -599,6 +599,36 @@ impl Auth {
         n
     }
 
+    /// Closes (4001) the open sockets of `user` opened with any session (and with any token,
+    /// unless `sessions_only`), here and on the other nodes of a cluster.
+    pub fn revoke_all(&self, user: i64, sessions_only: bool) -> usize {
+        self.bus.publish(crate::server::bus::Note::RevokeAll {
+            user,
+            sessions_only,
+        });
+        self.revoke_all_here(user, sessions_only)
+    }
+
+    /// Closes (4001) the sockets here of `user` opened with a session (or a token, unless
+    /// `sessions_only`).
+    pub fn revoke_all_here(&self, user: i64, sessions_only: bool) -> usize {
+        self.ended.fetch_add(1, Ordering::AcqRel);
+        let s = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for e in s.by_user.get(&user).into_iter().flatten() {
+            let ends = match e.credential {
+                Credential::Session(_) => true,
+                Credential::Token(_) => !sessions_only,
+                Credential::Anonymous => false,
+            };
+            if ends {
+                e.signal.notify_one();
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// A mark to give [`Auth::revocations_since`].
     pub fn revocation_epoch(&self) -> u64 {
         self.ended.load(Ordering::Acquire)

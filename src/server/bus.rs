@@ -10,6 +10,7 @@
 
 use crate::protocol::{ChatMessage, Status};
 use crate::server::auth::Credential;
+use crate::server::metrics::metrics;
 use crate::server::tasks::Tasks;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -54,6 +55,9 @@ pub enum Note {
     },
     /// A credential ended: close the sockets opened with it.
     Revoke { user: i64, credential: Credential },
+    /// Every session of an account ended (and its tokens too, unless `sessions_only`): close its
+    /// sockets opened with them.
+    RevokeAll { user: i64, sessions_only: bool },
     /// What the sending node's accounts spent of their message budget since its last note, and
     /// how many sockets each has open there (`full`: the whole list, the others are gone).
     Usage {
@@ -80,7 +84,19 @@ pub struct NodePerson {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Envelope {
     pub from: String,
+    /// When it was published, in microseconds since the epoch (0 from nodes that do not say),
+    /// for the bus's lag.
+    #[serde(default)]
+    pub sent_us: i64,
     pub note: Note,
+}
+
+/// Microseconds since the epoch.
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +205,7 @@ impl Bus {
                     let sent = tokio::time::timeout(PUBLISH_TIMEOUT, publish).await;
                     if !matches!(sent, Ok(Ok(()))) {
                         state.dropped.fetch_add(1, Ordering::Relaxed);
+                        metrics().bus_dropped.inc();
                     }
                 }
             }
@@ -202,8 +219,13 @@ impl Bus {
                     state.received.fetch_add(1, Ordering::Relaxed);
                     match serde_json::from_slice::<Envelope>(&msg.payload) {
                         Ok(envelope) if envelope.from != state.node => {
+                            if envelope.sent_us > 0 {
+                                let lag = (now_us() - envelope.sent_us).max(0) as f64 / 1e6;
+                                metrics().bus_lag_seconds.observe(lag);
+                            }
                             if in_tx.try_send(envelope).is_err() {
                                 state.dropped.fetch_add(1, Ordering::Relaxed);
+                                metrics().bus_dropped.inc();
                             }
                         }
                         Ok(_) => {}
@@ -230,6 +252,7 @@ impl Bus {
         };
         let envelope = Envelope {
             from: inner.node.clone(),
+            sent_us: now_us(),
             note,
         };
         let bytes = match serde_json::to_vec(&envelope) {
@@ -241,6 +264,7 @@ impl Bus {
         };
         if inner.out.try_send(bytes).is_err() {
             inner.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics().bus_dropped.inc();
         }
     }
 
@@ -272,9 +296,11 @@ impl Inner {
         match event {
             async_nats::Event::Connected => {
                 self.connected.store(true, Ordering::Relaxed);
+                metrics().bus_connected.set(1);
                 let mut down = self.last_down.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some((_, up)) = down.as_mut() {
                     *up = Some(now);
+                    metrics().bus_reconnects.inc();
                     tracing::info!(
                         "bus connection back: missed commits are read from the database"
                     );
@@ -284,6 +310,7 @@ impl Inner {
             }
             async_nats::Event::Disconnected => {
                 self.connected.store(false, Ordering::Relaxed);
+                metrics().bus_connected.set(0);
                 self.disconnects.fetch_add(1, Ordering::Relaxed);
                 *self.last_down.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, None));
                 tracing::warn!(

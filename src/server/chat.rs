@@ -240,6 +240,7 @@ fn delivery(m: &ChatMessage) -> Delivery {
         classic: classic_frame(m).unwrap_or_default(),
         personal: None,
         ephemeral: false,
+        at: std::time::Instant::now(),
     }
 }
 
@@ -263,6 +264,7 @@ fn membership_note(m: &ChatMessage) -> Option<Delivery> {
         classic: Utf8Bytes::default(),
         personal: Some(personal),
         ephemeral: false,
+        at: std::time::Instant::now(),
     })
 }
 
@@ -526,6 +528,7 @@ impl Chat {
             classic: Utf8Bytes::default(),
             personal: None,
             ephemeral: true,
+            at: std::time::Instant::now(),
         });
         Ok(())
     }
@@ -553,6 +556,7 @@ impl Chat {
             personal: personal.then_some(Personal::Frame),
             // Typing is ephemeral; a read position is not (it must not be shed).
             ephemeral: !personal,
+            at: std::time::Instant::now(),
         });
     }
 
@@ -842,7 +846,8 @@ impl Chat {
         limit: usize,
     ) -> Result<Vec<SearchHit>, ChatError> {
         let search = parse_search(q)?;
-        Ok(self.store.search(user.id, &search, before, limit).await?)
+        let scope = crate::server::access::search_scope(user);
+        Ok(self.store.search(scope, &search, before, limit).await?)
     }
 
     /// The rooms and DMs `user` is in.
@@ -1156,6 +1161,7 @@ impl Chat {
             classic: Utf8Bytes::default(),
             personal: Some(Personal::Frame),
             ephemeral: false,
+            at: std::time::Instant::now(),
         });
         Ok(read)
     }

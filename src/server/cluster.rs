@@ -29,7 +29,7 @@ pub struct Parts {
 
 /// Hands each note from the bus to its part; runs until the bus is gone.
 pub async fn hand_out(mut notes: mpsc::Receiver<Envelope>, parts: Parts) {
-    while let Some(Envelope { from, note }) = notes.recv().await {
+    while let Some(Envelope { from, note, .. }) = notes.recv().await {
         match note {
             Note::Commit { m } => {
                 // A full queue drops it: the fan-out's sweep reads it from the database.
@@ -44,6 +44,15 @@ pub async fn hand_out(mut notes: mpsc::Receiver<Envelope>, parts: Parts) {
                 let closed = parts.auth.revoke_here(user, &credential);
                 if closed > 0 {
                     tracing::info!(node = %from, closed, "closed sockets of a credential that ended on another node");
+                }
+            }
+            Note::RevokeAll {
+                user,
+                sessions_only,
+            } => {
+                let closed = parts.auth.revoke_all_here(user, sessions_only);
+                if closed > 0 {
+                    tracing::info!(node = %from, closed, "closed sockets of an account whose credentials ended on another node");
                 }
             }
             Note::Usage {

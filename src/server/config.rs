@@ -34,6 +34,11 @@ pub struct Config {
     #[arg(long, env = "HUBBUB_BUS_URL", value_parser = parse_bus)]
     pub bus: Option<String>,
 
+    /// Where Prometheus metrics are served (`GET /metrics`), on a listener of their own: never
+    /// the public address. Off by default.
+    #[arg(long, env = "HUBBUB_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// This node's name in logs and on the bus [default: the host name and process id].
     #[arg(long, env = "HUBBUB_NODE_NAME")]
     pub node_name: Option<String>,
@@ -178,6 +183,11 @@ pub struct Config {
     /// How long without input (or with the tab hidden) before the browser reports its user idle.
     #[arg(long, env = "HUBBUB_IDLE_AFTER", default_value = "5m", value_parser = parse_duration)]
     pub idle_after: Duration,
+
+    /// Every setting, its value (passwords in URLs redacted) and where it came from, as
+    /// `load_from` found them: the admin view shows them.
+    #[arg(skip)]
+    pub effective: Vec<Effective>,
 }
 
 /// Where the data lives.
@@ -391,6 +401,14 @@ fn file_settings(path: &std::path::Path) -> Result<Vec<(String, String)>, Config
 impl Config {
     /// Refuses settings that parse but cannot go together.
     pub fn validate(&self) -> Result<(), String> {
+        if let (Some(metrics), Some(addr)) = (self.metrics_addr, self.addr) {
+            if metrics.port() != 0 && metrics == addr {
+                return Err(
+                    "--metrics-addr must differ from --addr: metrics are never served on the public port"
+                        .to_owned(),
+                );
+            }
+        }
         if self.bus.is_some() && !matches!(self.database, Some(Database::Postgres(_))) {
             return Err(
                 "--bus joins nodes that share one database: it needs --database postgres://…"
@@ -421,7 +439,7 @@ impl Config {
             }
         }
         let matches = command.clone().try_get_matches_from(args)?;
-        let config = Config::from_arg_matches(&matches)?;
+        let mut config = Config::from_arg_matches(&matches)?;
         let mut effective = Vec::new();
         for arg in command.get_arguments() {
             let id = arg.get_id().as_str();
@@ -450,6 +468,7 @@ impl Config {
             });
         }
         effective.sort_by(|a, b| a.key.cmp(&b.key));
+        config.effective = effective.clone();
         Ok((config, effective))
     }
 }

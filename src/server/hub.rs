@@ -27,6 +27,9 @@ pub struct Delivery {
     /// A signal that is never stored (typing, presence): no seq, passed on as it is, and the
     /// first thing a member's queue sheds under pressure.
     pub ephemeral: bool,
+    /// When the event was taken off the commit feed (or the bus), for the commit-to-delivery
+    /// latency.
+    pub at: std::time::Instant,
 }
 
 /// What a delivery on an account's own channel (see [`personal_channel`]) asks its sockets to do.
@@ -229,6 +232,7 @@ impl Hub {
                     Pushed::Queued => delivered += 1,
                     Pushed::Overflowed => {
                         self.inner.overflows.fetch_add(1, Ordering::Relaxed);
+                        crate::server::metrics::metrics().queue_overflows.inc();
                     }
                     Pushed::Skipped | Pushed::Shed => {}
                 }
@@ -298,6 +302,7 @@ impl Hub {
     /// Counts a read of the database that filled a gap for the whole node.
     pub fn count_gap_read(&self) {
         self.inner.gap_reads.fetch_add(1, Ordering::Relaxed);
+        crate::server::metrics::metrics().gap_reads.inc();
     }
 
     /// Gap reads since start.
@@ -405,6 +410,7 @@ mod tests {
             classic: Utf8Bytes::from(format!("c{seq}")),
             personal: None,
             ephemeral: false,
+            at: std::time::Instant::now(),
         }
     }
 

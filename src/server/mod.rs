@@ -2,6 +2,7 @@
 //! endpoints, and [`run`], which serves them all on a listener until told to stop.
 
 pub mod access;
+pub mod admin;
 pub mod api;
 pub mod attachments;
 pub mod auth;
@@ -15,6 +16,8 @@ pub mod faults;
 pub mod files;
 pub mod hub;
 pub mod limits;
+pub mod metrics;
+pub mod ops;
 pub mod page;
 pub mod pages;
 pub mod presence;
@@ -98,6 +101,10 @@ pub struct AppState {
     pub client_settings: crate::session::ClientSettings,
     /// Limits on attachments.
     pub uploads: UploadLimits,
+    /// Messages stored over the last minutes, for the admin view's chart.
+    pub activity: admin::Activity,
+    /// The settings the server runs with (secrets redacted), for the admin view.
+    pub settings: Arc<[config::Effective]>,
 }
 
 /// How large an attachment may be, and how much of them each account may keep (bytes).
@@ -262,6 +269,8 @@ impl AppState {
                 max: config.max_upload,
                 quota: config.upload_quota,
             },
+            activity: admin::Activity::start(),
+            settings: config.effective.clone().into(),
         })
     }
 }
@@ -310,6 +319,15 @@ async fn open_storage(
             ))
         }
     }
+}
+
+/// The stores `config` names, for the operator's commands (`hubbub admin`, `export`, `import`):
+/// opened as the server would open them (migrations included), with nothing served.
+pub async fn open_stores(
+    config: &Config,
+) -> Result<(store::DynStore, store::DynAccounts), ServerError> {
+    let (store, accounts, _, _) = open_storage(config, &tasks::Tasks::default()).await?;
+    Ok((store, accounts))
 }
 
 /// This node's name when none is given: the host's name and the process's id.
@@ -394,6 +412,58 @@ async fn request_deadline(State(state): State<AppState>, req: Request, next: Nex
         )
             .into_response(),
     }
+}
+
+/// Counts a request in `hubbub_http_requests_total` and its duration, by the route's pattern
+/// (`fallback` for static files and unknown paths) and a known method, so that no request can
+/// make a new series.
+async fn count_request(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let method: &'static str = match req.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    };
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    metrics::metrics().http(
+        route.as_deref().unwrap_or("fallback"),
+        method,
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
+    resp
+}
+
+/// The metrics listener's routes: `GET /metrics`, which also reads what is a state rather than a
+/// count (database pools) when scraped.
+fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(state): State<AppState>| async move {
+                let m = metrics::metrics();
+                for (pool, idle, in_use) in state.chat.store.pool_use() {
+                    m.pool(pool, idle, in_use);
+                }
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    m.render(),
+                )
+            }),
+        )
+        .with_state(state)
 }
 
 /// Serves WebSocket upgrades on `/` too, where classic clients connect; plain GETs of `/` go on to
@@ -486,6 +556,7 @@ pub fn router(state: AppState) -> Router {
         .route("/signup", get(pages::signup_page))
         .route("/tokens", get(pages::tokens_page))
         .route("/invites", get(pages::invites_page))
+        .route("/admin", get(admin::admin_page))
         .merge(
             Router::new()
                 .route("/auth/login", axum::routing::post(pages::login))
@@ -497,6 +568,12 @@ pub fn router(state: AppState) -> Router {
                     axum::routing::post(pages::revoke_token),
                 )
                 .route("/auth/invites", axum::routing::post(pages::create_invite))
+                .route("/admin/users/{username}/disable", post(admin::disable))
+                .route("/admin/users/{username}/enable", post(admin::enable))
+                .route(
+                    "/admin/users/{username}/sessions/end",
+                    post(admin::end_sessions),
+                )
                 // A form is a few fields: a large body is an attack, refused before it is read.
                 .layer(axum::extract::DefaultBodyLimit::max(pages::MAX_FORM_BYTES)),
         )
@@ -537,6 +614,8 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(page.clone()))
         .route("/r/{room}", get(page))
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        // Counted by route pattern (each route is wrapped, so its pattern is known here).
+        .layer(middleware::from_fn(count_request))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             page::page_data,
@@ -631,6 +710,23 @@ pub async fn run(
         max_per_ip: config.max_connections_per_ip,
         exempt: Arc::new(config.trusted_proxies.clone()),
     };
+    if let Some(metrics_addr) = config.metrics_addr {
+        let listener = TcpListener::bind(metrics_addr).await?;
+        let at = listener.local_addr()?;
+        tracing::info!(%at, "metrics on http://{at}/metrics");
+        let routes = metrics_router(state.clone());
+        let mut stopped = state.shutdown.subscribe();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, routes)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the metrics listener failed");
+            }
+        });
+    }
     let mut app = router(state);
     if tls.is_some() {
         app = app.layer(SetResponseHeaderLayer::overriding(

@@ -4,6 +4,7 @@
 //! cookie, and must come from an allowed origin.
 
 use crate::protocol::{normalize_name, DEFAULT_ROOM};
+use crate::server::access;
 use crate::server::auth::{self, digest, AuthError, Credential};
 use crate::server::config::Registration;
 use crate::server::store::{StoreError, User};
@@ -22,7 +23,7 @@ pub const MAX_FORM_BYTES: usize = 16 * 1024;
 const PAGE_CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
                         base-uri 'none'; frame-ancestors 'none'";
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -38,13 +39,27 @@ fn page(
     title: &str,
     body: impl Fn(&str) -> String,
 ) -> Response {
+    page_in(state, headers, status, title, "auth", "", body)
+}
+
+/// A whole page whose `main` has `class`, with `head` (more of the head's elements) and the
+/// CSRF cookie set if the browser had none.
+pub(crate) fn page_in(
+    state: &AppState,
+    headers: &HeaderMap,
+    status: StatusCode,
+    title: &str,
+    class: &str,
+    head: &str,
+    body: impl Fn(&str) -> String,
+) -> Response {
     let (csrf, new) = state.auth.csrf_token(headers);
     let html = format!(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"/>\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"/>\
          <title>{title} · hubbub</title><link rel=\"stylesheet\" href=\"/pkg/hubbub.css\"/>\
-         <link rel=\"icon\" href=\"/favicon.svg\" type=\"image/svg+xml\"/></head>\
-         <body><main class=\"auth\"><h1>hubbub</h1>{}</main></body></html>",
+         <link rel=\"icon\" href=\"/favicon.svg\" type=\"image/svg+xml\"/>{head}</head>\
+         <body><main class=\"{class}\"><h1>hubbub</h1>{}</main></body></html>",
         body(&csrf)
     );
     let mut resp = (status, axum::response::Html(html)).into_response();
@@ -60,11 +75,11 @@ fn page(
     resp
 }
 
-fn see_other(to: &str) -> Response {
+pub(crate) fn see_other(to: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_owned())]).into_response()
 }
 
-fn csrf_field(csrf: &str) -> String {
+pub(crate) fn csrf_field(csrf: &str) -> String {
     format!(
         "<input type=\"hidden\" name=\"csrf\" value=\"{}\"/>",
         esc(csrf)
@@ -72,14 +87,14 @@ fn csrf_field(csrf: &str) -> String {
 }
 
 /// Whether a form post carries the browser's CSRF token and comes from an allowed origin.
-fn form_ok(state: &AppState, headers: &HeaderMap, csrf: Option<&str>) -> bool {
+pub(crate) fn form_ok(state: &AppState, headers: &HeaderMap, csrf: Option<&str>) -> bool {
     let name = state.auth.csrf_cookie_name();
     let cookie = auth::cookie(headers, &name);
     let token_ok = matches!((cookie, csrf), (Some(c), Some(f)) if !c.is_empty() && c == f);
     token_ok && state.auth.origin_allowed(headers)
 }
 
-fn forbidden_form() -> Response {
+pub(crate) fn forbidden_form() -> Response {
     (
         StatusCode::FORBIDDEN,
         "This form has expired or came from another site. Go back, reload and try again.",
@@ -103,6 +118,7 @@ fn notice(q: &Notice) -> String {
         Some("name") => "A display name has at most 64 characters.",
         Some("invite") => "This invite link is unknown, used up or expired. Ask for a new one.",
         Some("busy") => "The server is busy. Try again in a moment.",
+        Some("disabled") => "This account has been disabled. Ask an administrator of this server.",
         _ => return String::new(),
     };
     format!("<p class=\"error\" role=\"alert\">{text}</p>")
@@ -262,7 +278,7 @@ pub fn valid_username(u: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
-fn internal(e: impl std::fmt::Display) -> Response {
+pub(crate) fn internal(e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "account request failed");
     (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
 }
@@ -330,6 +346,11 @@ pub async fn login(
         }
     }
     match creds {
+        // The right password of a disabled account: told so (it is the owner asking).
+        Some(c) if c.disabled => {
+            state.auth.login_succeeded(&username, ip);
+            see_other("/login?error=disabled")
+        }
         Some(c) => {
             state.auth.login_succeeded(&username, ip);
             start_session(&state, &headers, &c.user).await
@@ -462,7 +483,7 @@ pub async fn logout(
 }
 
 /// The logged-in user of a page request (session cookie only).
-async fn session_user(state: &AppState, headers: &HeaderMap) -> Option<User> {
+pub(crate) async fn session_user(state: &AppState, headers: &HeaderMap) -> Option<User> {
     let sid = state.auth.session_id(headers)?;
     state
         .auth
@@ -618,8 +639,10 @@ pub async fn revoke_token(
 /// `GET /invites`: an admin's invite links, and a form to make one.
 pub async fn invites_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
     match session_user(&state, &headers).await {
-        Some(user) if user.is_admin => invites_view(&state, &headers, None).await,
-        Some(_) => (StatusCode::FORBIDDEN, "only admins make invite links").into_response(),
+        Some(user) => match access::administer(&user) {
+            Ok(()) => invites_view(&state, &headers, None).await,
+            Err(e) => (StatusCode::FORBIDDEN, e.public_message()).into_response(),
+        },
         None => see_other("/login"),
     }
 }
@@ -706,8 +729,8 @@ pub async fn create_invite(
     let Some(user) = session_user(&state, &headers).await else {
         return see_other("/login");
     };
-    if !user.is_admin {
-        return (StatusCode::FORBIDDEN, "only admins make invite links").into_response();
+    if let Err(e) = access::administer(&user) {
+        return (StatusCode::FORBIDDEN, e.public_message()).into_response();
     }
     let uses = f.uses.unwrap_or(1).clamp(1, 1000);
     let days = f.days.unwrap_or(7).clamp(1, 90);

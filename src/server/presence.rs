@@ -276,6 +276,7 @@ impl Presence {
                 classic: Utf8Bytes::default(),
                 personal: None,
                 ephemeral: true,
+                at: std::time::Instant::now(),
             },
         );
     }

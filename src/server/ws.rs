@@ -16,6 +16,7 @@ use crate::server::chat::{classic_frame, encode, server_client_id, Chat, ChatErr
 use crate::server::error::AppError;
 use crate::server::hub::{personal_channel, Delivery, Event, Personal, Subscriber};
 use crate::server::limits::{RateKey, Rates};
+use crate::server::metrics::{metrics, Out};
 use crate::server::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
@@ -67,8 +68,19 @@ pub struct Limits {
     pub send_timeout: Duration,
 }
 
-/// `GET /ws` (and `GET /` with an Upgrade header).
+/// `GET /ws` (and `GET /` with an Upgrade header): the answer, counted by its status.
 pub async fn upgrade(
+    state: State<AppState>,
+    peer: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let answer = answer_upgrade(state, peer, headers, ws).await;
+    metrics().handshake(answer.status().as_u16());
+    answer
+}
+
+async fn answer_upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -170,6 +182,26 @@ pub async fn echo(ws: WebSocketUpgrade) -> Response {
     })
 }
 
+/// Counts an open socket in `hubbub_connections` for as long as it lives.
+struct OpenSocket(&'static prometheus::IntGauge);
+
+impl OpenSocket {
+    fn count(mode: Mode) -> Self {
+        let gauge = match mode {
+            Mode::Rich => &metrics().rich,
+            Mode::Classic => &metrics().classic,
+        };
+        gauge.inc();
+        OpenSocket(gauge)
+    }
+}
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Why a connection ends.
 enum End {
     /// The peer went away or closed; nothing more to say.
@@ -218,6 +250,8 @@ struct Connection {
     /// Frames the client sent, and events sent to it, for the close line of the log.
     frames_in: u32,
     messages_out: u32,
+    /// The code of the client's close frame, when it closed.
+    peer_close: Option<u16>,
 }
 
 /// Typing and presence frames a client may send at once without touching its message budget.
@@ -232,6 +266,27 @@ enum Input {
 }
 
 impl Input {
+    /// The frame's type, as `hubbub_frames_in_total` counts it.
+    fn kind(&self) -> &'static str {
+        match self {
+            Input::Rich(Ok(frame)) => match frame {
+                ClientFrame::Hello { .. } => "hello",
+                ClientFrame::Join { .. } => "join",
+                ClientFrame::Leave { .. } => "leave",
+                ClientFrame::Send { .. } => "send",
+                ClientFrame::Edit { .. } => "edit",
+                ClientFrame::Delete { .. } => "delete",
+                ClientFrame::React { .. } => "react",
+                ClientFrame::Typing { .. } => "typing",
+                ClientFrame::Presence { .. } => "presence",
+                ClientFrame::Ping { .. } => "ping",
+                ClientFrame::Read { .. } => "read",
+            },
+            Input::Classic(Ok(_)) => "classic",
+            Input::Rich(Err(_)) | Input::Classic(Err(_)) => "invalid",
+        }
+    }
+
     /// Whether the frame is an ephemeral signal (typing, presence).
     fn is_signal(&self) -> bool {
         matches!(
@@ -312,6 +367,7 @@ impl Connection {
             said_hello: false,
             frames_in: 0,
             messages_out: 0,
+            peer_close: None,
         }
     }
 
@@ -332,17 +388,21 @@ impl Connection {
             let mode = self.mode;
             let user = self.identity.user.as_ref().map(|u| u.username.clone());
             tracing::info!(conn = id, user, protocol = ?mode, "socket open");
+            let _open = OpenSocket::count(mode);
             let end = match self.serve(&mut socket).await {
                 Ok(()) => End::Gone,
                 Err(end) => end,
             };
             let (frames_in, messages_out) = (self.frames_in, self.messages_out);
+            let peer_close = self.peer_close;
             // Leave the hub before the close handshake: nothing more is queued for this client.
             drop(self);
+            // The server's close code, or else the client's.
             let code = match end {
-                End::Gone => None,
+                End::Gone => peer_close,
                 End::Close(code, _) => Some(code),
             };
+            metrics().closed(code);
             Box::pin(finish(socket, end)).await;
             drop(held);
             tracing::info!(
@@ -423,8 +483,12 @@ impl Connection {
                                 "binary frames are not supported",
                             ));
                         }
-                        // tungstenite answers pings and replies to a close; keep reading until
-                        // the end.
+                        // The client closes: its code is the connection's (for the log and
+                        // the metrics); tungstenite replies, and the stream ends.
+                        Some(Ok(Message::Close(frame))) => {
+                            self.peer_close = Some(frame.map_or(close::NO_STATUS, |f| f.code));
+                        }
+                        // tungstenite answers pings; keep reading until the end.
                         Some(Ok(_)) => {}
                         Some(Err(e)) => return Err(close_for(e)),
                     }
@@ -475,6 +539,7 @@ impl Connection {
     /// After the hub dropped deliveries for this connection: re-reads every joined room from its
     /// cursor.
     async fn resync(&mut self, socket: &mut WebSocket) -> Result<(), End> {
+        metrics().resyncs.inc();
         // Notes on the account's own channel may be among what was dropped: read its rooms
         // again, and follow what changed.
         if self.said_hello {
@@ -631,6 +696,9 @@ impl Connection {
         if d.seq == *cursor + 1 {
             *cursor = d.seq;
             self.messages_out = self.messages_out.saturating_add(1);
+            let m = metrics();
+            m.deliveries.inc();
+            m.delivery_seconds.observe(d.at.elapsed().as_secs_f64());
             let bytes = match self.mode {
                 Mode::Rich => d.rich.clone(),
                 // Classic clients see chat messages only.
@@ -647,6 +715,7 @@ impl Connection {
         let Some(mut cursor) = self.cursors.get(room).copied() else {
             return Ok(());
         };
+        let mut sent = 0u64;
         loop {
             let batch = self
                 .chat
@@ -658,6 +727,7 @@ impl Connection {
                     End::Close(close::INTERNAL, "storage unavailable")
                 })?;
             let len = batch.len();
+            sent += len as u64;
             for m in batch {
                 cursor = m.seq;
                 self.messages_out = self.messages_out.saturating_add(1);
@@ -673,6 +743,7 @@ impl Connection {
             self.cursors.insert(Arc::clone(room), cursor);
             if len < REPLAY_BATCH {
                 self.chat.hub.note_replayed(room, cursor);
+                metrics().replays.observe(sent as f64);
                 return Ok(());
             }
             flush(socket).await?;
@@ -796,6 +867,7 @@ impl Connection {
                     .map_err(|e| format!("expected {{\"user\",\"message\"}} JSON: {e}")),
             ),
         };
+        metrics().frame_in(input.kind());
         self.admit(socket, input, false).await
     }
 
@@ -1222,6 +1294,7 @@ async fn bounded(
 }
 
 async fn feed(socket: &mut WebSocket, msg: Message) -> Result<(), End> {
+    count_out(&msg);
     bounded(send_timeout(), socket.feed(msg)).await
 }
 
@@ -1230,7 +1303,26 @@ async fn flush(socket: &mut WebSocket) -> Result<(), End> {
 }
 
 async fn send(socket: &mut WebSocket, msg: Message) -> Result<(), End> {
+    count_out(&msg);
     bounded(send_timeout(), socket.send(msg)).await
+}
+
+/// Counts a text frame in `hubbub_frames_out_total` by its type, which every `hubbub.v1` frame
+/// names first; a frame without one is a classic client's.
+fn count_out(msg: &Message) {
+    let Message::Text(t) = msg else {
+        return;
+    };
+    let kind = match t.as_str().strip_prefix("{\"type\":\"") {
+        None => Out::Classic,
+        Some(rest) if rest.starts_with("message\"") => Out::Event,
+        Some(rest) if rest.starts_with("typing\"") => Out::Typing,
+        Some(rest) if rest.starts_with("presence\"") => Out::Presence,
+        Some(rest) if rest.starts_with("ack\"") => Out::Ack,
+        Some(rest) if rest.starts_with("error\"") => Out::Error,
+        Some(_) => Out::Control,
+    };
+    metrics().frame_out(kind);
 }
 
 tokio::task_local! {

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod abuse;
+mod admin;
 mod api_docs;
 mod auth;
 mod backup;
@@ -16,5 +17,6 @@ mod history;
 mod lifecycle;
 mod limits;
 mod messages;
+mod metrics;
 mod rooms;
 mod search;

@@ -294,6 +294,18 @@ async fn a_delete_erases_the_text_everywhere_and_leaves_a_tombstone() {
         "SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH 'swordfish OR hunter2'"
     };
     assert_eq!(db.int(index).await, 0);
+    // Nor is it anywhere in the file: freed space is overwritten, the index's segments too.
+    if !app.on_postgres() {
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").await;
+        let file = std::fs::read(app.data_dir.join("hubbub.sqlite3")).expect("the database file");
+        for secret in [&b"hunter2"[..], b"swordfish"] {
+            assert!(
+                !file.windows(secret.len()).any(|w| w == secret),
+                "{} is still in the file",
+                String::from_utf8_lossy(secret)
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -209,6 +209,52 @@ pub struct InviteInfo {
 pub struct Credentials {
     pub user: User,
     pub password_hash: String,
+    /// An admin disabled the account: it may not log in.
+    pub disabled: bool,
+}
+
+/// An account as the admin view lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminUser {
+    pub user: User,
+    pub created_at: i64,
+    pub disabled: bool,
+    /// Browser sessions that have not ended.
+    pub sessions: u64,
+}
+
+/// A room's whole history as `hubbub import` writes it into an install: the events as they
+/// were exported, their authors' and mentions' ids already those of this install (or none),
+/// and what the events leave behind (members, reactions) worked out from them.
+#[derive(Clone, Debug, Default)]
+pub struct RoomImport {
+    pub name: String,
+    pub kind: RoomKind,
+    pub visibility: Visibility,
+    pub title: String,
+    pub topic: String,
+    pub created_at: i64,
+    pub owner: Option<i64>,
+    pub archived_at: Option<i64>,
+    /// In seq order, from 1 with no gap.
+    pub events: Vec<ChatMessage>,
+    /// (user, role, joined at, read up to).
+    pub members: Vec<(i64, String, i64, u64)>,
+    /// (message seq, emoji, user, when).
+    pub reactions: Vec<(u64, String, i64, i64)>,
+}
+
+/// What a room said lately, for the admin view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomActivity {
+    pub name: String,
+    pub title: String,
+    pub kind: RoomKind,
+    pub members: u64,
+    /// Chat messages in the window asked for.
+    pub messages: u64,
+    /// When the last of them was sent (ms since the epoch).
+    pub last: i64,
 }
 
 /// A personal API token as listed to its owner (the token itself is never stored).
@@ -264,6 +310,14 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+}
+
+/// The rooms a search may look in, as the authorisation point decides them: those `member` is
+/// a member of, and the public rooms when `public_rooms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadScope {
+    pub member: i64,
+    pub public_rooms: bool,
 }
 
 /// A search, as the store runs it: the words and phrases, each of which a message must have,
@@ -366,10 +420,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<(u64, Vec<ChatMessage>)>, StoreError>;
 
     /// The newest messages (`id` below `before`, at most `limit`) that match `search` in the rooms
-    /// `user` may read (those they are in, and public rooms), newest first.
+    /// of `scope` (which `access::search_scope` decides), newest first.
     async fn search(
         &self,
-        user: i64,
+        scope: ReadScope,
         search: &Search,
         before: Option<i64>,
         limit: usize,
@@ -390,6 +444,25 @@ pub trait Store: Send + Sync + 'static {
     /// A receiver that falls more than [`COMMIT_FEED_LEN`] messages or [`COMMIT_FEED_BYTES`]
     /// behind gets `Lagged`. A commit that reported an error but landed is on it all the same.
     fn commits(&self) -> CommitFeed;
+
+    /// Writes a whole room's history (`hubbub import`) in one transaction: the room, its
+    /// events with their seqs, its members and reactions. A room of that name that already
+    /// has events is refused (`RoomExists`); one without (a new install's `general`) is
+    /// filled.
+    async fn import_room(&self, room: &RoomImport) -> Result<(), StoreError>;
+
+    /// Each database pool's connections now, as (pool, idle, in use), for the metrics.
+    fn pool_use(&self) -> Vec<(&'static str, u64, u64)>;
+
+    /// The rooms with the most chat messages sent since `since` (ms), busiest first, at most
+    /// `limit`; only the latest `scan` events are looked at, so the cost stays bounded however
+    /// long the history.
+    async fn room_activity(
+        &self,
+        since: i64,
+        scan: usize,
+        limit: usize,
+    ) -> Result<Vec<RoomActivity>, StoreError>;
 }
 
 /// Accounts, sessions, tokens and invites, in the same database as the messages. Look-ups of
@@ -473,6 +546,31 @@ pub trait AccountStore: Send + Sync + 'static {
     async fn invite_valid(&self, code_hash: &str, now: i64) -> Result<bool, StoreError>;
 
     async fn invites(&self) -> Result<Vec<InviteInfo>, StoreError>;
+
+    /// Accounts whose username or display name contains `filter` (every account when `None`),
+    /// oldest first, at most `limit`, each with its sessions that have not ended by `now`.
+    async fn admin_users(
+        &self,
+        filter: Option<&str>,
+        limit: usize,
+        now: i64,
+    ) -> Result<Vec<AdminUser>, StoreError>;
+
+    /// Disables the account `username` (`Some(when)`) or lets it back in (`None`). Disabling
+    /// also ends its sessions and revokes its tokens, in the same transaction. The account's
+    /// id, or `None` when there is no such account.
+    async fn set_disabled(
+        &self,
+        username: &str,
+        at: Option<i64>,
+    ) -> Result<Option<i64>, StoreError>;
+
+    /// Ends every browser session of `user_id`; how many there were.
+    async fn end_sessions(&self, user_id: i64) -> Result<u64, StoreError>;
+
+    /// Makes `username` an admin, or no longer one; its id, or `None` when there is no such
+    /// account.
+    async fn set_admin(&self, username: &str, admin: bool) -> Result<Option<i64>, StoreError>;
 }
 
 /// The store as the rest of the server holds it.
@@ -565,7 +663,130 @@ mod contract {
         search_words_phrases_prefixes_filters_and_access,
         attachments_and_the_blobs_they_hold,
         heads_of_many_rooms_at_once,
+        the_admin_lists_disables_and_sees_activity,
     );
+
+    async fn the_admin_lists_disables_and_sees_activity(s: Under) {
+        let v = users(&s, &["ann", "bob", "bo_b"]).await;
+        let (ann, bob) = (&v[0], &v[1]);
+        let names = |list: Vec<AdminUser>| {
+            list.into_iter()
+                .map(|a| a.user.username)
+                .collect::<Vec<_>>()
+        };
+        s.create_session("s1", bob.id, 10_000)
+            .await
+            .expect("session");
+        s.create_session("s2", bob.id, 10_000)
+            .await
+            .expect("session");
+        s.create_token(bob.id, "bot", "tok", 10_000)
+            .await
+            .expect("token");
+        let all = s.admin_users(None, 10, 1_000).await.expect("list");
+        assert_eq!(names(all.clone()), ["ann", "bob", "bo_b"]);
+        assert_eq!(all[1].sessions, 2);
+        assert!(!all[1].disabled);
+        assert_eq!(all[0].sessions, 0);
+        // `_` and `%` are letters in a filter, not wildcards; case does not matter.
+        assert_eq!(
+            names(s.admin_users(Some("o_"), 10, 0).await.expect("list")),
+            ["bo_b"]
+        );
+        assert_eq!(
+            names(s.admin_users(Some("B"), 10, 0).await.expect("list")),
+            ["bob", "bo_b"]
+        );
+        assert!(s
+            .admin_users(Some("%"), 10, 0)
+            .await
+            .expect("list")
+            .is_empty());
+        assert_eq!(
+            names(s.admin_users(None, 1, 0).await.expect("list")),
+            ["ann"]
+        );
+
+        // Disabled: no log-in, no session, no token; let back in: the password works again,
+        // the sessions and tokens stay ended.
+        assert_eq!(
+            s.set_disabled("bob", Some(2_000)).await.expect("disable"),
+            Some(bob.id)
+        );
+        assert!(
+            s.credentials("bob")
+                .await
+                .expect("q")
+                .expect("bob")
+                .disabled
+        );
+        assert_eq!(s.session_user("s1", 1_000).await.expect("q"), None);
+        assert_eq!(s.token_user("tok", 1_000).await.expect("q"), None);
+        let listed = s.admin_users(Some("bob"), 10, 1_000).await.expect("list");
+        assert!(listed[0].disabled);
+        assert_eq!(listed[0].sessions, 0);
+        assert_eq!(
+            s.set_disabled("bob", None).await.expect("enable"),
+            Some(bob.id)
+        );
+        assert!(
+            !s.credentials("bob")
+                .await
+                .expect("q")
+                .expect("bob")
+                .disabled
+        );
+        assert_eq!(s.token_user("tok", 1_000).await.expect("q"), None);
+        assert_eq!(s.set_disabled("nobody", Some(1)).await.expect("q"), None);
+
+        assert_eq!(s.set_admin("bob", true).await.expect("grant"), Some(bob.id));
+        assert!(
+            s.credentials("bob")
+                .await
+                .expect("q")
+                .expect("bob")
+                .user
+                .is_admin
+        );
+        assert_eq!(s.set_admin("nobody", true).await.expect("grant"), None);
+        s.create_session("a1", ann.id, 10_000)
+            .await
+            .expect("session");
+        assert_eq!(s.end_sessions(ann.id).await.expect("end"), 1);
+        assert_eq!(s.session_user("a1", 1_000).await.expect("q"), None);
+
+        // Activity: chat messages only, busiest first, within the time and the scan.
+        make_room(&s, ann, "busy", Visibility::Public).await;
+        for i in 0..3 {
+            s.append(said(ann, "busy", &format!("b{i}"), "hi"))
+                .await
+                .expect("said");
+        }
+        make_room(&s, ann, "quiet", Visibility::Private).await;
+        s.append(said(ann, "quiet", "q0", "hi")).await.expect("said");
+        let rooms = s.room_activity(0, 1_000, 10).await.expect("activity");
+        let seen: Vec<(&str, u64)> = rooms
+            .iter()
+            .map(|r| (r.name.as_str(), r.messages))
+            .collect();
+        assert_eq!(seen, [("busy", 3), ("quiet", 1)]);
+        assert_eq!(rooms[0].members, 1, "the owner");
+        assert!(rooms[0].last > 0);
+        assert!(s
+            .room_activity(i64::MAX, 1_000, 10)
+            .await
+            .expect("activity")
+            .is_empty());
+        // The latest three events: busy's last message, quiet's creation and its message.
+        let latest = s.room_activity(0, 3, 10).await.expect("activity");
+        let mut seen: Vec<(&str, u64)> = latest
+            .iter()
+            .map(|r| (r.name.as_str(), r.messages))
+            .collect();
+        // A tie: the order is by the last message's time, which may be the same millisecond.
+        seen.sort_unstable();
+        assert_eq!(seen, [("busy", 1), ("quiet", 1)]);
+    }
 
     fn msg(room: &str, client_id: &str, body: &str) -> NewMessage {
         NewMessage::chat(
@@ -1312,10 +1533,18 @@ mod contract {
             ..Default::default()
         };
         assert!(s
-            .search(ann.id, &search, None, 10)
+            .search(everything(ann.id), &search, None, 10)
             .await
             .expect("q")
             .is_empty());
+    }
+
+    /// What an account with this id may search: its rooms and the public ones.
+    fn everything(member: i64) -> ReadScope {
+        ReadScope {
+            member,
+            public_rooms: true,
+        }
     }
 
     async fn search_words_phrases_prefixes_filters_and_access(s: Under) {
@@ -1343,7 +1572,7 @@ mod contract {
             };
             let (s, who) = (&s, who.id);
             async move {
-                s.search(who, &search, None, 10)
+                s.search(everything(who), &search, None, 10)
                     .await
                     .expect("search")
                     .into_iter()
@@ -1409,10 +1638,13 @@ mod contract {
             terms: vec![w("quick")],
             ..Default::default()
         };
-        let page = s.search(ann.id, &quick, None, 2).await.expect("q");
+        let page = s
+            .search(everything(ann.id), &quick, None, 2)
+            .await
+            .expect("q");
         assert_eq!(page.len(), 2);
         let rest = s
-            .search(ann.id, &quick, Some(page[1].id), 2)
+            .search(everything(ann.id), &quick, Some(page[1].id), 2)
             .await
             .expect("q");
         assert_eq!(rest.len(), 1);

@@ -8,13 +8,15 @@
 //! takes the general path (lock the room, check, apply, store) in its own savepoint.
 
 use super::rows::{
-    add_reactions, ids_of, ids_text, kind_str, reaction_bounds, seq_of, snippet_of, to_i64,
-    visibility_str, words_of, RoomRow, Row, UserRow,
+    activity, add_reactions, admin_user, contains_pattern, ids_of, ids_text, kind_str,
+    reaction_bounds, seq_of, snippet_of, to_i64, visibility_str, words_of, ActivityRow,
+    AdminUserRow, RoomRow, Row, UserRow,
 };
 use super::writer::{self, Batches, Fed, PendingAppend};
 use super::{
-    AccountStore, Appended, Change, CommitFeed, Credentials, InviteInfo, NewMessage, NewRoom,
-    ReadState, RoomAccess, Search, Store, StoreError, StoredAttachment, Term, TokenInfo, User,
+    AccountStore, AdminUser, Appended, Change, CommitFeed, Credentials, InviteInfo, NewMessage,
+    NewRoom, ReadScope, ReadState, RoomAccess, RoomActivity, RoomImport, Search, Store, StoreError,
+    StoredAttachment, Term, TokenInfo, User,
 };
 use crate::protocol::api::SearchHit;
 use crate::protocol::{self, Attachment, ChatMessage, EventKind, MemberInfo, Quote, RoomInfo};
@@ -34,6 +36,8 @@ const POOL_SIZE: u32 = 16;
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// The group commit's own connection (kept here for its metrics).
+    writer: PgPool,
     appends: mpsc::Sender<PendingAppend>,
     commits: super::feed::FeedSender,
 }
@@ -111,9 +115,15 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        let (appends, commits) = writer::start(PgBatches { pool: writer }, tasks);
+        let (appends, commits) = writer::start(
+            PgBatches {
+                pool: writer.clone(),
+            },
+            tasks,
+        );
         Ok(PgStore {
             pool,
+            writer,
             appends,
             commits,
         })
@@ -1276,12 +1286,12 @@ impl Store for PgStore {
 
     async fn search(
         &self,
-        user: i64,
+        scope: ReadScope,
         search: &Search,
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<SearchHit>, StoreError> {
-        let Some((query, binds)) = ts_query(&search.terms, 6) else {
+        let Some((query, binds)) = ts_query(&search.terms, 7) else {
             return Ok(Vec::new());
         };
         type HitRow = (
@@ -1300,16 +1310,17 @@ impl Store for PgStore {
              FROM messages m JOIN rooms r ON r.id = m.room_id, (SELECT {query} AS q) AS tq \
              WHERE m.search @@ tq.q AND m.id < $1 \
                AND (EXISTS (SELECT 1 FROM members me WHERE me.room_id = r.id AND me.user_id = $2) \
-                    OR (r.visibility = 'public' AND r.kind = 'room')) \
+                    OR ($6 AND r.visibility = 'public' AND r.kind = 'room')) \
                AND ($3::TEXT IS NULL OR m.username = $3) AND ($4::TEXT IS NULL OR r.name = $4) \
              ORDER BY m.id DESC LIMIT $5"
         );
         let mut q = sqlx::query_as::<_, HitRow>(&sql)
             .bind(before.unwrap_or(i64::MAX))
-            .bind(user)
+            .bind(scope.member)
             .bind(&search.from)
             .bind(&search.room)
-            .bind(limit_of(limit));
+            .bind(limit_of(limit))
+            .bind(scope.public_rooms);
         for b in binds {
             q = q.bind(b);
         }
@@ -1376,6 +1387,145 @@ impl Store for PgStore {
     fn commits(&self) -> CommitFeed {
         self.commits.subscribe()
     }
+
+    async fn import_room(&self, room: &RoomImport) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let existing: Option<(i64, i64)> =
+            sqlx::query_as("SELECT id, head_seq FROM rooms WHERE name = $1 FOR UPDATE")
+                .bind(&room.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let head = room.events.last().map_or(0, |m| to_i64(m.seq));
+        let room_id = match existing {
+            Some((_, seq)) if seq > 0 => return Err(StoreError::RoomExists),
+            Some((id, _)) => {
+                sqlx::query(
+                    "UPDATE rooms SET head_seq = $1, created_at = $2, kind = $3, visibility = $4, \
+                     title = $5, topic = $6, owner_id = $7, archived_at = $8, created_by = $7 \
+                     WHERE id = $9",
+                )
+                .bind(head)
+                .bind(room.created_at)
+                .bind(kind_str(room.kind))
+                .bind(visibility_str(room.visibility))
+                .bind(&room.title)
+                .bind(&room.topic)
+                .bind(room.owner)
+                .bind(room.archived_at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM members WHERE room_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                id
+            }
+            None => {
+                sqlx::query_scalar(
+                    "INSERT INTO rooms (name, head_seq, created_at, kind, visibility, title, \
+                     topic, owner_id, archived_at, created_by) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8) RETURNING id",
+                )
+                .bind(&room.name)
+                .bind(head)
+                .bind(room.created_at)
+                .bind(kind_str(room.kind))
+                .bind(visibility_str(room.visibility))
+                .bind(&room.title)
+                .bind(&room.topic)
+                .bind(room.owner)
+                .bind(room.archived_at)
+                .fetch_one(&mut *tx)
+                .await?
+            }
+        };
+        for m in &room.events {
+            sqlx::query(
+                "INSERT INTO messages (room_id, seq, client_id, kind, \"user\", user_id, username, \
+                 guest, body, member, ts, target, reply_to, edited_at, deleted_at, mentions, count) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            )
+            .bind(room_id)
+            .bind(to_i64(m.seq))
+            .bind(&m.client_id)
+            .bind(m.kind.as_str())
+            .bind(&m.user)
+            .bind(m.user_id)
+            .bind(&m.username)
+            .bind(m.guest)
+            .bind(&m.body)
+            .bind(&m.member)
+            .bind(m.ts)
+            .bind(m.target.map(to_i64))
+            .bind(m.reply_to.map(to_i64))
+            .bind(m.edited)
+            .bind(m.deleted.then_some(m.ts))
+            .bind(ids_text(&m.mentions))
+            .bind(m.count.map(to_i64))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (user, role, joined_at, last_read) in &room.members {
+            sqlx::query(
+                "INSERT INTO members (room_id, user_id, role, joined_at, last_read) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(room_id)
+            .bind(user)
+            .bind(role)
+            .bind(joined_at)
+            .bind(to_i64(*last_read))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (seq, emoji, user, at) in &room.reactions {
+            sqlx::query(
+                "INSERT INTO reactions (room_id, seq, emoji, user_id, at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(room_id)
+            .bind(to_i64(*seq))
+            .bind(emoji)
+            .bind(user)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn room_activity(
+        &self,
+        since: i64,
+        scan: usize,
+        limit: usize,
+    ) -> Result<Vec<RoomActivity>, StoreError> {
+        let rows: Vec<ActivityRow> = sqlx::query_as(
+            "SELECT r.name, r.title, r.kind, \
+               (SELECT count(*) FROM members x WHERE x.room_id = r.id), count(*), max(m.ts) \
+             FROM (SELECT room_id, ts, kind FROM messages ORDER BY id DESC LIMIT $1) m \
+             JOIN rooms r ON r.id = m.room_id \
+             WHERE m.ts >= $2 AND m.kind = 'message' \
+             GROUP BY r.id, r.name, r.title, r.kind ORDER BY count(*) DESC, max(m.ts) DESC LIMIT $3",
+        )
+        .bind(i64::try_from(scan).unwrap_or(i64::MAX))
+        .bind(since)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(activity).collect())
+    }
+
+    fn pool_use(&self) -> Vec<(&'static str, u64, u64)> {
+        [("read", &self.pool), ("write", &self.writer)]
+            .into_iter()
+            .map(|(name, pool)| {
+                let idle = pool.num_idle() as u64;
+                (name, idle, u64::from(pool.size()).saturating_sub(idle))
+            })
+            .collect()
+    }
 }
 
 #[async_trait]
@@ -1429,15 +1579,15 @@ impl AccountStore for PgStore {
     }
 
     async fn credentials(&self, username: &str) -> Result<Option<Credentials>, StoreError> {
-        let row: Option<(i64, String, String, bool, String)> = sqlx::query_as(
-            "SELECT id, username, display_name, is_admin, password_hash FROM users \
-             WHERE username = $1",
+        let row: Option<(i64, String, String, bool, String, bool)> = sqlx::query_as(
+            "SELECT id, username, display_name, is_admin, password_hash, disabled_at IS NOT NULL \
+             FROM users WHERE username = $1",
         )
         .bind(username)
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(
-            |(id, username, display_name, is_admin, password_hash)| Credentials {
+            |(id, username, display_name, is_admin, password_hash, disabled)| Credentials {
                 user: User {
                     id,
                     username,
@@ -1445,6 +1595,7 @@ impl AccountStore for PgStore {
                     is_admin,
                 },
                 password_hash,
+                disabled,
             },
         ))
     }
@@ -1682,5 +1833,77 @@ impl AccountStore for PgStore {
                 },
             )
             .collect())
+    }
+
+    async fn admin_users(
+        &self,
+        filter: Option<&str>,
+        limit: usize,
+        now: i64,
+    ) -> Result<Vec<AdminUser>, StoreError> {
+        let pattern = filter.map(contains_pattern);
+        let rows: Vec<AdminUserRow> = sqlx::query_as(
+            "SELECT u.id, u.username, u.display_name, u.is_admin, u.created_at, \
+               u.disabled_at IS NOT NULL, \
+               (SELECT count(*) FROM sessions s WHERE s.user_id = u.id AND s.expires_at > $1) \
+             FROM users u \
+             WHERE $2::text IS NULL OR u.username LIKE lower($2) \
+               OR lower(u.display_name) LIKE lower($2) \
+             ORDER BY u.id LIMIT $3",
+        )
+        .bind(now)
+        .bind(&pattern)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(admin_user).collect())
+    }
+
+    async fn set_disabled(
+        &self,
+        username: &str,
+        at: Option<i64>,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let id: Option<i64> = sqlx::query_scalar(
+            "UPDATE users SET disabled_at = $1 WHERE username = $2 RETURNING id",
+        )
+        .bind(at)
+        .bind(username)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let (Some(id), Some(now)) = (id, at) {
+            sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE api_tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn end_sessions(&self, user_id: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn set_admin(&self, username: &str, admin: bool) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("UPDATE users SET is_admin = $1 WHERE username = $2 RETURNING id")
+                .bind(admin)
+                .bind(username)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 }

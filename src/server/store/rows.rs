@@ -5,7 +5,7 @@ use crate::protocol::api::Snippet;
 use crate::protocol::{
     self, Attachment, ChatMessage, EventKind, Quote, Reaction, RoomInfo, RoomKind, Visibility,
 };
-use crate::server::store::{RoomAccess, Term, User};
+use crate::server::store::{AdminUser, RoomAccess, RoomActivity, Term, User};
 
 #[derive(sqlx::FromRow)]
 pub(super) struct Row {
@@ -217,6 +217,54 @@ pub(super) fn visibility_str(v: Visibility) -> &'static str {
         Visibility::Public => "public",
         Visibility::Private => "private",
     }
+}
+
+/// A room's activity as both stores select it: name, title, kind, members, messages, last.
+pub(super) type ActivityRow = (String, String, String, i64, i64, i64);
+
+pub(super) fn activity((name, title, kind, members, messages, last): ActivityRow) -> RoomActivity {
+    RoomActivity {
+        name,
+        title,
+        kind: if kind == kind_str(RoomKind::Dm) {
+            RoomKind::Dm
+        } else {
+            RoomKind::Room
+        },
+        members: u64::try_from(members).unwrap_or(0),
+        messages: u64::try_from(messages).unwrap_or(0),
+        last,
+    }
+}
+
+/// An account as both stores select it for the admin view: id, username, display name, admin,
+/// created, disabled, sessions.
+pub(super) type AdminUserRow = (i64, String, String, bool, i64, bool, i64);
+
+pub(super) fn admin_user(
+    (id, username, display_name, is_admin, created_at, disabled, sessions): AdminUserRow,
+) -> AdminUser {
+    AdminUser {
+        user: User {
+            id,
+            username,
+            display_name,
+            is_admin,
+        },
+        created_at,
+        disabled,
+        sessions: u64::try_from(sessions).unwrap_or(0),
+    }
+}
+
+/// The `LIKE` pattern of "contains `s`", with `s`'s wildcards (and the escape character `\`)
+/// escaped.
+pub(super) fn contains_pattern(s: &str) -> String {
+    let escaped = s
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
 }
 
 pub(super) fn to_i64(v: u64) -> i64 {

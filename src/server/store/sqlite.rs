@@ -4,13 +4,15 @@
 
 use super::feed::FeedSender;
 use super::rows::{
-    add_reactions, ids_of, ids_text, kind_str, reaction_bounds, seq_of, to_i64, visibility_str,
-    RoomRow, Row, UserRow,
+    activity, add_reactions, admin_user, contains_pattern, ids_of, ids_text, kind_str,
+    reaction_bounds, seq_of, to_i64, visibility_str, ActivityRow, AdminUserRow, RoomRow, Row,
+    UserRow,
 };
 use super::writer::{self, Batches, Fed, PendingAppend};
 use super::{
-    AccountStore, Appended, Change, CommitFeed, Credentials, InviteInfo, NewMessage, NewRoom,
-    ReadState, RoomAccess, Search, Store, StoreError, StoredAttachment, Term, TokenInfo, User,
+    AccountStore, AdminUser, Appended, Change, CommitFeed, Credentials, InviteInfo, NewMessage,
+    NewRoom, ReadScope, ReadState, RoomAccess, RoomActivity, RoomImport, Search, Store, StoreError,
+    StoredAttachment, Term, TokenInfo, User,
 };
 use crate::protocol::api::{SearchHit, Snippet};
 use crate::protocol::{self, Attachment, ChatMessage, EventKind, MemberInfo, Quote, RoomInfo};
@@ -173,6 +175,9 @@ impl SqliteStore {
             // FULL: every commit is fsynced before `append` returns, so an ack survives power loss.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // What is deleted (a deleted message's text, an edit's old text) is overwritten
+            // with zeros in the file, not only unlinked.
+            .pragma("secure_delete", "ON")
             .busy_timeout(Duration::from_secs(5));
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -1037,7 +1042,7 @@ impl Store for SqliteStore {
 
     async fn search(
         &self,
-        user: i64,
+        scope: ReadScope,
         search: &Search,
         before: Option<i64>,
         limit: usize,
@@ -1065,16 +1070,17 @@ impl Store for SqliteStore {
              JOIN rooms r ON r.id = m.room_id \
              WHERE messages_fts MATCH ?1 AND messages_fts.rowid < ?2 \
                AND (EXISTS (SELECT 1 FROM members me WHERE me.room_id = r.id AND me.user_id = ?3) \
-                    OR (r.visibility = 'public' AND r.kind = 'room')) \
+                    OR (?7 AND r.visibility = 'public' AND r.kind = 'room')) \
                AND (?4 IS NULL OR m.username = ?4) AND (?5 IS NULL OR r.name = ?5) \
              ORDER BY messages_fts.rowid DESC LIMIT ?6",
         )
         .bind(&expr)
         .bind(before.unwrap_or(i64::MAX))
-        .bind(user)
+        .bind(scope.member)
         .bind(&search.from)
         .bind(&search.room)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(scope.public_rooms)
         .fetch_all(&self.readers)
         .await?;
         Ok(rows
@@ -1139,6 +1145,145 @@ impl Store for SqliteStore {
 
     fn commits(&self) -> CommitFeed {
         self.commits.subscribe()
+    }
+
+    async fn import_room(&self, room: &RoomImport) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let existing: Option<(i64, i64)> =
+            sqlx::query_as("SELECT id, head_seq FROM rooms WHERE name = ?")
+                .bind(&room.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let head = room.events.last().map_or(0, |m| to_i64(m.seq));
+        let room_id = match existing {
+            Some((_, seq)) if seq > 0 => return Err(StoreError::RoomExists),
+            Some((id, _)) => {
+                sqlx::query(
+                    "UPDATE rooms SET head_seq = ?, created_at = ?, kind = ?, visibility = ?, \
+                     title = ?, topic = ?, owner_id = ?, archived_at = ?, created_by = ? WHERE id = ?",
+                )
+                .bind(head)
+                .bind(room.created_at)
+                .bind(kind_str(room.kind))
+                .bind(visibility_str(room.visibility))
+                .bind(&room.title)
+                .bind(&room.topic)
+                .bind(room.owner)
+                .bind(room.archived_at)
+                .bind(room.owner)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM members WHERE room_id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                id
+            }
+            None => {
+                sqlx::query_scalar(
+                    "INSERT INTO rooms (name, head_seq, created_at, kind, visibility, title, \
+                     topic, owner_id, archived_at, created_by) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                )
+                .bind(&room.name)
+                .bind(head)
+                .bind(room.created_at)
+                .bind(kind_str(room.kind))
+                .bind(visibility_str(room.visibility))
+                .bind(&room.title)
+                .bind(&room.topic)
+                .bind(room.owner)
+                .bind(room.archived_at)
+                .bind(room.owner)
+                .fetch_one(&mut *tx)
+                .await?
+            }
+        };
+        for m in &room.events {
+            sqlx::query(
+                "INSERT INTO messages (room_id, seq, client_id, kind, user, user_id, username, \
+                 guest, body, member, ts, target, reply_to, edited_at, deleted_at, mentions, count) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(room_id)
+            .bind(to_i64(m.seq))
+            .bind(&m.client_id)
+            .bind(m.kind.as_str())
+            .bind(&m.user)
+            .bind(m.user_id)
+            .bind(&m.username)
+            .bind(m.guest)
+            .bind(&m.body)
+            .bind(&m.member)
+            .bind(m.ts)
+            .bind(m.target.map(to_i64))
+            .bind(m.reply_to.map(to_i64))
+            .bind(m.edited)
+            .bind(m.deleted.then_some(m.ts))
+            .bind(ids_text(&m.mentions))
+            .bind(m.count.map(to_i64))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (user, role, joined_at, last_read) in &room.members {
+            sqlx::query(
+                "INSERT INTO members (room_id, user_id, role, joined_at, last_read) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(room_id)
+            .bind(user)
+            .bind(role)
+            .bind(joined_at)
+            .bind(to_i64(*last_read))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (seq, emoji, user, at) in &room.reactions {
+            sqlx::query(
+                "INSERT INTO reactions (room_id, seq, emoji, user_id, at) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(room_id)
+            .bind(to_i64(*seq))
+            .bind(emoji)
+            .bind(user)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn room_activity(
+        &self,
+        since: i64,
+        scan: usize,
+        limit: usize,
+    ) -> Result<Vec<RoomActivity>, StoreError> {
+        let rows: Vec<ActivityRow> = sqlx::query_as(
+            "SELECT r.name, r.title, r.kind, \
+               (SELECT count(*) FROM members x WHERE x.room_id = r.id), count(*), max(m.ts) \
+             FROM (SELECT room_id, ts, kind FROM messages ORDER BY id DESC LIMIT ?1) m \
+             JOIN rooms r ON r.id = m.room_id \
+             WHERE m.ts >= ?2 AND m.kind = 'message' \
+             GROUP BY r.id ORDER BY count(*) DESC, max(m.ts) DESC LIMIT ?3",
+        )
+        .bind(i64::try_from(scan).unwrap_or(i64::MAX))
+        .bind(since)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows.into_iter().map(activity).collect())
+    }
+
+    fn pool_use(&self) -> Vec<(&'static str, u64, u64)> {
+        [("read", &self.readers), ("write", &self.writer)]
+            .into_iter()
+            .map(|(name, pool)| {
+                let idle = pool.num_idle() as u64;
+                (name, idle, u64::from(pool.size()).saturating_sub(idle))
+            })
+            .collect()
     }
 
     async fn recent(
@@ -1260,14 +1405,15 @@ impl AccountStore for SqliteStore {
     }
 
     async fn credentials(&self, username: &str) -> Result<Option<Credentials>, StoreError> {
-        let row: Option<(i64, String, String, bool, String)> = sqlx::query_as(
-            "SELECT id, username, display_name, is_admin, password_hash FROM users WHERE username = ?",
+        let row: Option<(i64, String, String, bool, String, bool)> = sqlx::query_as(
+            "SELECT id, username, display_name, is_admin, password_hash, disabled_at IS NOT NULL \
+             FROM users WHERE username = ?",
         )
         .bind(username)
         .fetch_optional(&self.readers)
         .await?;
         Ok(row.map(
-            |(id, username, display_name, is_admin, password_hash)| Credentials {
+            |(id, username, display_name, is_admin, password_hash, disabled)| Credentials {
                 user: User {
                     id,
                     username,
@@ -1275,6 +1421,7 @@ impl AccountStore for SqliteStore {
                     is_admin,
                 },
                 password_hash,
+                disabled,
             },
         ))
     }
@@ -1506,6 +1653,77 @@ impl AccountStore for SqliteStore {
                 },
             )
             .collect())
+    }
+
+    async fn admin_users(
+        &self,
+        filter: Option<&str>,
+        limit: usize,
+        now: i64,
+    ) -> Result<Vec<AdminUser>, StoreError> {
+        let pattern = filter.map(contains_pattern);
+        let rows: Vec<AdminUserRow> = sqlx::query_as(
+            "SELECT u.id, u.username, u.display_name, u.is_admin, u.created_at, \
+               u.disabled_at IS NOT NULL, \
+               (SELECT count(*) FROM sessions s WHERE s.user_id = u.id AND s.expires_at > ?1) \
+             FROM users u \
+             WHERE ?2 IS NULL OR u.username LIKE ?2 ESCAPE '\\' \
+               OR lower(u.display_name) LIKE lower(?2) ESCAPE '\\' \
+             ORDER BY u.id LIMIT ?3",
+        )
+        .bind(now)
+        .bind(&pattern)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows.into_iter().map(admin_user).collect())
+    }
+
+    async fn set_disabled(
+        &self,
+        username: &str,
+        at: Option<i64>,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let id: Option<i64> =
+            sqlx::query_scalar("UPDATE users SET disabled_at = ? WHERE username = ? RETURNING id")
+                .bind(at)
+                .bind(username)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let (Some(id), Some(now)) = (id, at) {
+            sqlx::query("DELETE FROM sessions WHERE user_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE api_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn end_sessions(&self, user_id: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM sessions WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn set_admin(&self, username: &str, admin: bool) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("UPDATE users SET is_admin = ? WHERE username = ? RETURNING id")
+                .bind(admin)
+                .bind(username)
+                .fetch_optional(&self.writer)
+                .await?,
+        )
     }
 }
 

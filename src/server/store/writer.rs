@@ -12,6 +12,7 @@ use super::feed::FeedSender;
 use super::{Appended, NewMessage, StoreError};
 use crate::protocol::ChatMessage;
 use crate::server::faults;
+use crate::server::metrics::metrics;
 use crate::server::tasks::{panic_message, Tasks};
 use async_trait::async_trait;
 use futures_util::FutureExt;
@@ -133,7 +134,12 @@ async fn writer_loop(
         }
         fed.suspect
             .extend(batch.iter().map(|(m, _)| m.room.clone()));
-        match batches.append_batch(&batch, fed).await {
+        let started = std::time::Instant::now();
+        let outcome = batches.append_batch(&batch, fed).await;
+        metrics()
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match outcome {
             Ok(results) => {
                 if batch
                     .iter()
@@ -195,6 +201,11 @@ async fn writer_loop(
 fn feed(commits: &FeedSender, fed: &mut Fed, message: &ChatMessage) {
     let head = fed.heads.entry(message.room.clone()).or_default();
     *head = (*head).max(message.seq);
+    let m = metrics();
+    m.events_stored.inc();
+    if message.is_message() {
+        m.messages_stored.inc();
+    }
     commits.send(Arc::new(message.clone()));
 }
 
