@@ -46,7 +46,10 @@ export async function apiPost(page: Page, body: string, user?: string) {
 export class OwnServer {
   proc?: ChildProcess;
   readonly dataDir = mkdtempSync(path.join(tmpdir(), "hubbub-e2e-"));
-  constructor(readonly port: number) {}
+  constructor(
+    readonly port: number,
+    readonly args: string[] = [],
+  ) {}
 
   get url() {
     return `http://127.0.0.1:${this.port}`;
@@ -55,7 +58,7 @@ export class OwnServer {
   async start() {
     const root = path.resolve(__dirname, "../..");
     const bin = path.join(process.env.CARGO_TARGET_DIR ?? path.join(root, "target"), "debug/hubbub");
-    this.proc = spawn(bin, ["--addr", `127.0.0.1:${this.port}`, "--data-dir", this.dataDir, "--log", "warn"], {
+    this.proc = spawn(bin, ["--addr", `127.0.0.1:${this.port}`, "--data-dir", this.dataDir, "--log", "warn", ...this.args], {
       cwd: root,
       stdio: "ignore",
     });

@@ -1,13 +1,13 @@
 import { expect, test, type Browser, type Page } from "@playwright/test";
 import { deflateSync } from "node:zlib";
-import { message, say, signUp, uniqueName } from "./helpers";
+import { message, OwnServer, say, signUp, uniqueName } from "./helpers";
 
 /** Two people in two browsers, both on `general`. */
-async function twoPeople(browser: Browser) {
+async function twoPeople(browser: Browser, base = "") {
   const ann = await (await browser.newContext()).newPage();
   const bob = await (await browser.newContext()).newPage();
-  const annName = await signUp(ann, "Ann");
-  const bobName = await signUp(bob, "Bob");
+  const annName = await signUp(ann, "Ann", base);
+  const bobName = await signUp(bob, "Bob", base);
   return { ann, bob, annName, bobName };
 }
 
@@ -234,4 +234,81 @@ test("a 5 MB image uploads with progress and shows inline for the other; 11 MB i
   expect(r.status()).toBe(404);
   const found = await bob.request.get(new URL("/api/search?q=findable", bob.url()).toString());
   expect((await found.json()).hits).toHaveLength(0);
+});
+
+test("typing @ offers the room's people: arrows choose, Enter or a click completes the name", async ({ browser }) => {
+  const { ann, bobName } = await twoPeople(browser);
+  const box = ann.locator("textarea.body");
+  await box.fill("");
+  await box.pressSequentially(`hey @${bobName.slice(0, 3)}`);
+  const offered = ann.getByRole("listbox", { name: "People to mention" });
+  await expect(offered.getByRole("option", { name: new RegExp(`@${bobName}`) })).toBeVisible();
+  // Ann does not offer herself; Enter takes the chosen name and the message goes on.
+  await expect(offered.getByRole("option", { selected: true })).toHaveCount(1);
+  await offered.getByRole("option", { name: new RegExp(`@${bobName}`) }).click();
+  await expect(offered).toHaveCount(0);
+  await expect(box).toHaveValue(`hey @${bobName} `);
+  await box.pressSequentially("look");
+  await box.press("Enter");
+  const sent = message(ann, `hey @${bobName} look`);
+  await expect(sent).toHaveAttribute("data-status", "stored");
+  // By keyboard, and Esc closes the list without sending.
+  await box.pressSequentially(`@${bobName.slice(0, 4)}`);
+  await expect(offered).toBeVisible();
+  await box.press("Escape");
+  await expect(offered).toHaveCount(0);
+  await box.pressSequentially(" and @");
+  await expect(offered).toBeVisible();
+  await box.press("ArrowDown");
+  await box.press("Enter");
+  await expect(box).toHaveValue(new RegExp(`^@${bobName.slice(0, 4)} and @\\S+ $`));
+});
+
+test("a search result far back opens with its context around it, and the present is one click away", async ({
+  browser,
+}) => {
+  // A server of its own, whose message budget lets a script fill the room quickly.
+  const server = new OwnServer(Number(process.env.HUBBUB_E2E_PORT ?? 3100) + 3, ["--message-rate", "10000"]);
+  await server.start();
+  test.setTimeout(60_000);
+  try {
+    const { ann, bob } = await twoPeople(browser, server.url);
+    const room = uniqueName("deep");
+    await roomOfTwo(ann, bob, room);
+    const word = `walrus${Date.now()}`;
+    await say(ann, `the ${word} plan`);
+    await expect(message(ann, word)).toHaveAttribute("data-status", "stored");
+    // Far more than a few pages later (over the API, to be quick).
+    const origin = new URL(ann.url()).origin;
+    for (let i = 0; i < 700; i++) {
+      const r = await ann.request.post(`${origin}/api/rooms/${room}/messages`, {
+        data: { body: `later ${i}` },
+        headers: { Origin: origin },
+      });
+      expect(r.status()).toBe(201);
+    }
+    await expect(message(bob, "later 699")).toHaveCount(1);
+    // A fresh page has only the room's last messages.
+    await bob.goto(`${server.url}/`);
+    await expect(bob.locator(".conn")).toHaveText("connected");
+    await bob.getByRole("button", { name: "Search messages" }).click();
+    await bob.getByRole("dialog").getByLabel("Search messages").fill(word);
+    await bob.getByRole("dialog").locator(".search-results .hit").click();
+    // The message with what came before and after it, not the present.
+    await expect(message(bob, word)).toHaveAttribute("data-flash", "");
+    await expect(message(bob, "later 20")).toHaveCount(1);
+    await expect(message(bob, "later 699")).toHaveCount(0);
+    await expect(bob.getByRole("button", { name: /Jump to the present/ })).toBeVisible();
+    // Newer pages follow on, and the present comes back with one click.
+    await bob.getByRole("button", { name: "Show newer messages" }).click();
+    await expect(message(bob, "later 150")).toHaveCount(1);
+    await bob.getByRole("button", { name: /Jump to the present/ }).click();
+    await expect(message(bob, "later 699")).toHaveCount(1);
+    await expect(bob.getByRole("button", { name: /Jump to the present/ })).toHaveCount(0);
+    // What arrives now shows at once.
+    await say(ann, "back in the present");
+    await expect(message(bob, "back in the present")).toHaveCount(1);
+  } finally {
+    await server.dispose();
+  }
 });

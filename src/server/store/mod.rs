@@ -763,7 +763,9 @@ mod contract {
                 .expect("said");
         }
         make_room(&s, ann, "quiet", Visibility::Private).await;
-        s.append(said(ann, "quiet", "q0", "hi")).await.expect("said");
+        s.append(said(ann, "quiet", "q0", "hi"))
+            .await
+            .expect("said");
         let rooms = s.room_activity(0, 1_000, 10).await.expect("activity");
         let seen: Vec<(&str, u64)> = rooms
             .iter()
