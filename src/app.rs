@@ -158,13 +158,19 @@ fn Sidebar(session: Session, nav: Nav) -> impl IntoView {
         };
         let unread = r.unread;
         let mentions = r.mentions;
-        // A conversation with one other person shows how present they are.
-        let other = match r.kind {
-            RoomKind::Dm if r.people.len() == 2 => {
+        // A conversation shows how present the others in it are.
+        let others = match r.kind {
+            RoomKind::Dm => {
                 let me = session.username.get_value();
-                r.people.iter().find(|p| Some(*p) != me.as_ref()).cloned()
+                let others: Vec<String> = r
+                    .people
+                    .iter()
+                    .filter(|p| Some(*p) != me.as_ref())
+                    .cloned()
+                    .collect();
+                (!others.is_empty()).then_some(others)
             }
-            _ => None,
+            RoomKind::Room => None,
         };
         let current = {
             let name = name.clone();
@@ -172,7 +178,7 @@ fn Sidebar(session: Session, nav: Nav) -> impl IntoView {
         };
         let current2 = current.clone();
         let inside = view! {
-            {other.map(|who| presence_dot(session, who))}
+            {others.map(|people| group_dot(session, people))}
             <span class="room-name">{private.then(lock_icon)} {label}</span>
             {(mentions > 0)
                 .then(|| {
@@ -268,6 +274,38 @@ fn presence_dot(session: Session, username: String) -> impl IntoView {
         crate::protocol::Status::Offline => "offline",
     };
     view! { <span class="dot" data-status=state title=label role="img" aria-label=label></span> }
+}
+
+/// How present the others of a group conversation are: the dot of the most present of them,
+/// and how many are active or idle.
+fn group_dot(session: Session, people: Vec<String>) -> AnyView {
+    if let [one] = people.as_slice() {
+        return presence_dot(session, one.clone()).into_any();
+    }
+    let counts = Memo::new(move |_| {
+        session.presence.with(|p| {
+            people.iter().fold((0, 0), |(active, idle), who| {
+                match p.get(who).map(|x| x.status) {
+                    Some(crate::protocol::Status::Active) => (active + 1, idle),
+                    Some(crate::protocol::Status::Idle) => (active, idle + 1),
+                    _ => (active, idle),
+                }
+            })
+        })
+    });
+    let state = move || match counts.get() {
+        (a, _) if a > 0 => "active",
+        (_, i) if i > 0 => "idle",
+        _ => "offline",
+    };
+    let label = move || match counts.get() {
+        (0, 0) => "everyone away".to_owned(),
+        (a, 0) => format!("{a} active"),
+        (0, i) => format!("{i} idle"),
+        (a, i) => format!("{a} active, {i} idle"),
+    };
+    view! { <span class="dot" data-status=state title=label role="img" aria-label=label></span> }
+        .into_any()
 }
 
 /// "last seen 5 min ago", from a time in ms and the clock.

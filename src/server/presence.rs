@@ -231,6 +231,25 @@ impl Presence {
                 let (info, mut rooms) = st.merged(&user);
                 let shown = st.shown.get(&user).map_or(Status::Offline, |(s, _)| *s);
                 if info.status == shown {
+                    // The same status, in rooms where it was not told yet (the person followed
+                    // a room since): told there only.
+                    if info.status != Status::Offline {
+                        let told: Vec<Arc<str>> = st
+                            .shown
+                            .get(&user)
+                            .map(|(_, r)| r.clone())
+                            .unwrap_or_default();
+                        let new: Vec<Arc<str>> = rooms
+                            .iter()
+                            .filter(|r| !told.contains(r))
+                            .cloned()
+                            .collect();
+                        if !new.is_empty() {
+                            st.shown
+                                .insert(Arc::clone(&user), (info.status, rooms.clone()));
+                            out.push((new, info));
+                        }
+                    }
                     continue;
                 }
                 if info.status == Status::Offline {
@@ -400,10 +419,8 @@ impl Session {
         if let Some(p) = st.people.get_mut(&*self.user) {
             *p.rooms.entry(room).or_default() += 1;
         }
-        if self.presence.bus.enabled() {
-            // The other nodes learn of the room at the next flush.
-            st.dirty.insert(Arc::clone(&self.user));
-        }
+        // The room's people (and the other nodes) learn of the person at the next flush.
+        st.dirty.insert(Arc::clone(&self.user));
     }
 
     pub fn unfollow(&mut self, room: &str) {
@@ -578,6 +595,30 @@ mod tests {
         s.set(Status::Idle, 3);
         presence.flush();
         assert!(seen(&mut inside).is_empty(), "no longer shares a room");
+    }
+
+    /// A flush between a session's start and its rooms (or a room followed later) must not
+    /// leave the room's people unaware that the person is here.
+    #[test]
+    fn a_room_followed_after_a_flush_is_told_of_the_person() {
+        let hub = Hub::new(64, 1 << 20);
+        let presence = Presence::new(hub.clone());
+        let mut general = hub.subscribe();
+        general.join("general");
+        let mut design = hub.subscribe();
+        design.join("design");
+        let mut s = presence.connect("ann", 10, 0);
+        presence.flush();
+        assert!(seen(&mut general).is_empty(), "in no room yet");
+        s.follow("general");
+        presence.flush();
+        assert_eq!(seen(&mut general), vec![("ann".into(), Status::Active)]);
+        s.follow("design");
+        presence.flush();
+        assert_eq!(seen(&mut design), vec![("ann".into(), Status::Active)]);
+        assert!(seen(&mut general).is_empty(), "told there already");
+        presence.flush();
+        assert!(seen(&mut design).is_empty(), "once");
     }
 
     #[test]

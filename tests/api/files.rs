@@ -154,6 +154,24 @@ async fn html_that_claims_to_be_an_image_is_a_download_and_strangers_get_nothing
         .starts_with("attachment;"));
     assert_eq!(h["content-security-policy"], "default-src 'none'; sandbox");
 
+    // An SVG (a picture that can carry script) is never an image here either: a download,
+    // sandboxed, whatever it is called.
+    let svg = br#"<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"><script>alert(2)</script></svg>"#.to_vec();
+    let (s, v) = upload(&ann, &app, "general", "logo.svg", svg).await;
+    assert_eq!(s, 201, "{v}");
+    let a = &v["message"]["attachment"];
+    assert_ne!(a["mime"], "image/svg+xml");
+    assert!(a.get("width").is_none());
+    let resp = fetch(&bob, &app, a["id"].as_str().expect("id")).await;
+    let h = resp.headers();
+    assert_eq!(h["content-type"], "application/octet-stream");
+    assert!(h["content-disposition"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("attachment;"));
+    assert_eq!(h["content-security-policy"], "default-src 'none'; sandbox");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+
     // A private room's files are no one else's: not to fetch, not to upload to.
     ann.post(
         &app,

@@ -7,6 +7,7 @@ use hubbub::protocol::{
     TypingNote,
 };
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
 
 /// Reads until a `message` frame of `kind` comes.
 async fn event(ws: &mut Ws, kind: EventKind) -> ChatMessage {
@@ -665,13 +666,18 @@ async fn typing_is_off_in_rooms_over_the_limit() {
 
 /// Reads until a presence frame about `who`, returning their status.
 async fn presence_of(ws: &mut Ws, who: &str) -> Status {
-    loop {
-        if let ServerFrame::Presence(PresenceUpdate { users, .. }) = next(ws).await {
-            if let Some(u) = users.into_iter().find(|u| u.username == who) {
-                return u.status;
+    // Bounded as a whole: pings keep a socket busy, so the wait for one frame never ends alone.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let ServerFrame::Presence(PresenceUpdate { users, .. }) = next(ws).await {
+                if let Some(u) = users.into_iter().find(|u| u.username == who) {
+                    return u.status;
+                }
             }
         }
-    }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no presence of {who} came"))
 }
 
 #[tokio::test]
@@ -814,4 +820,81 @@ async fn classic_clients_see_messages_only() {
     assert_eq!(first, json!({"user": "Ann", "message": "hello classic"}));
     assert_eq!(second, json!({"user": "Ann", "message": "second"}));
     quiet(&mut classic).await;
+}
+
+#[tokio::test]
+async fn presence_changes_are_coalesced_per_person_and_a_vanished_client_goes_offline_by_heartbeat()
+{
+    use futures_util::{SinkExt, StreamExt};
+    let app = spawn_app_with(|c| {
+        c.allow_anonymous = false;
+        c.ping_interval = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let ann = app.sign_up("ann", "Ann").await;
+    let bob = app.sign_up("bob", "Bob").await;
+    let (mut b, rooms) = bob.socket(&app, &[]).await;
+    settle(&mut b, rooms.len()).await;
+    let (a, rooms) = ann.socket(&app, &[]).await;
+    // Ann's tab reads all along (and so answers the server's pings) until it freezes below.
+    let (mut to_ann, mut from_ann) = a.split();
+    let mut joined = 0;
+    while joined < rooms.len() {
+        if let Some(Ok(Message::Text(t))) = from_ann.next().await {
+            if t.starts_with(r#"{"type":"joined""#) {
+                joined += 1;
+            }
+        }
+    }
+    let reading = tokio::spawn(async move {
+        while let Some(Ok(_)) = from_ann.next().await {}
+        from_ann
+    });
+    assert_eq!(presence_of(&mut b, "ann").await, Status::Active);
+
+    // Eleven changes in a moment: Bob hears at most one change a second of Ann, ending where
+    // she ended.
+    for i in 0..11 {
+        let status = if i % 2 == 0 {
+            Status::Idle
+        } else {
+            Status::Active
+        };
+        let frame = serde_json::to_string(&ClientFrame::Presence { status }).expect("json");
+        to_ann.send(Message::text(frame)).await.expect("send");
+    }
+    let mut heard = Vec::new();
+    let until = tokio::time::Instant::now() + std::time::Duration::from_millis(2_500);
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until, b.next()).await {
+        if let Message::Text(t) = msg {
+            if let Ok(ServerFrame::Presence(PresenceUpdate { users, .. })) =
+                serde_json::from_str::<ServerFrame>(&t)
+            {
+                heard.extend(
+                    users
+                        .into_iter()
+                        .filter(|u| u.username == "ann")
+                        .map(|u| u.status),
+                );
+            }
+        }
+    }
+    assert!(
+        (1..=3).contains(&heard.len()),
+        "eleven changes in a moment came as {heard:?}"
+    );
+    assert_eq!(heard.last(), Some(&Status::Idle));
+
+    // Ann's tab vanishes without closing: it reads nothing more, so it answers no ping. She is
+    // offline once the server gives up on it, within two ping intervals.
+    reading.abort();
+    let t = std::time::Instant::now();
+    assert_eq!(presence_of(&mut b, "ann").await, Status::Offline);
+    println!("a vanished client went offline after {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+    drop(to_ann);
 }

@@ -102,6 +102,11 @@ struct Args {
     /// connect as `--token` or, without one, as guests in anonymous mode).
     #[arg(long, default_value_t = 0)]
     accounts: usize,
+    /// With `--rooms` and `--accounts`: each account becomes a member of its rooms over HTTP
+    /// before the run, and its socket's `hello` subscribes it to all of them (as a browser's
+    /// does), instead of one `join` frame per room.
+    #[arg(long)]
+    members: bool,
     /// Seconds between the `typing` frames each sender sends while it sends (0: none).
     #[arg(long, default_value_t = 0.0)]
     typing_every: f64,
@@ -308,7 +313,36 @@ async fn connect(args: &Args, c: usize, session: Option<&str>) -> Result<Ws, Str
         _ => tokio_tungstenite::connect_async(req).await,
     }
     .map_err(|e| e.to_string())?;
-    if args.protocol == Protocol::Hubbub {
+    if args.protocol == Protocol::Hubbub && args.members && session.is_some() {
+        // The account's rooms come with the hello; live from the welcome on.
+        let hello = json!({"type": "hello", "resume": {}}).to_string();
+        ws.send(Message::text(hello))
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).map_err(|e| e.to_string())?;
+                    match v["type"].as_str() {
+                        Some("welcome") => {
+                            let want = rooms_of(args, c).len();
+                            let have = v["rooms"].as_array().map_or(0, Vec::len);
+                            // Its rooms, and general, which every account is in.
+                            if have < want {
+                                return Err(format!("a welcome with {have} of {want} rooms"));
+                            }
+                            break;
+                        }
+                        Some("error") => return Err(format!("hello refused: {t}")),
+                        _ => {}
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("closed before the welcome".into()),
+            }
+        }
+    } else if args.protocol == Protocol::Hubbub {
         let rooms = rooms_of(args, c);
         for room in &rooms {
             let join = json!({"type": "join", "room": room}).to_string();
@@ -667,6 +701,46 @@ async fn main() -> std::process::ExitCode {
                 }
             }
         }
+    }
+
+    // With --members: every account joins its rooms (over HTTP, as a person would), a few
+    // accounts at a time.
+    if args.members && args.rooms > 0 {
+        let host = host_of(url_of(&args, 0)).unwrap_or_default();
+        let joined_started = Instant::now();
+        let mut joins = 0usize;
+        for chunk in (0..sessions.len()).collect::<Vec<_>>().chunks(8) {
+            let batch = chunk.iter().map(|&c| {
+                let (host, cookie, rooms) = (host.clone(), sessions[c].clone(), rooms_of(&args, c));
+                async move {
+                    for room in rooms {
+                        let request = format!(
+                            "POST /api/rooms/{room}/join HTTP/1.1\r\nHost: {host}\r\n\
+                             Origin: http://{host}\r\nCookie: {cookie}\r\n\
+                             Content-Length: 0\r\nConnection: close\r\n\r\n"
+                        );
+                        let (status, _) = exchange(&host, &request).await?;
+                        if status != 200 {
+                            return Err(format!("joining {room} answered {status}"));
+                        }
+                    }
+                    Ok::<usize, String>(1)
+                }
+            });
+            for r in futures_util::future::join_all(batch).await {
+                match r {
+                    Ok(_) => joins += rooms_of(&args, 0).len(),
+                    Err(e) => {
+                        eprintln!("hubbub-loadgen: {e}");
+                        return std::process::ExitCode::FAILURE;
+                    }
+                }
+            }
+        }
+        eprintln!(
+            "{joins} memberships made over HTTP in {:.1} s",
+            joined_started.elapsed().as_secs_f64()
+        );
     }
 
     // Connect everyone, a batch at a time.
