@@ -1230,18 +1230,23 @@ pub fn reveal(session: Session, st: RoomState, seq: u64) {
     });
 }
 
+/// The page of events after the end of a window of older history.
+async fn newer_page(st: RoomState) -> Result<Vec<ChatMessage>, String> {
+    let url = format!(
+        "/api/rooms/{}/messages?after={}&limit={}",
+        st.name(),
+        st.window_end.get_value(),
+        crate::protocol::MAX_PAGE
+    );
+    Ok(api::<HistoryPage, ()>("GET", &url, None).await?.messages)
+}
+
 /// Shows the next page of history below a window of older history; the window joins the
 /// present when it reaches it.
 pub fn load_newer(session: Session, st: RoomState) {
     leptos::task::spawn_local(async move {
-        let url = format!(
-            "/api/rooms/{}/messages?after={}&limit={}",
-            st.name(),
-            st.window_end.get_value(),
-            crate::protocol::MAX_PAGE
-        );
-        match api::<HistoryPage, ()>("GET", &url, None).await {
-            Ok(page) => st.append_newer(page.messages),
+        match newer_page(st).await {
+            Ok(page) => st.append_newer(page),
             Err(e) => session
                 .last_error
                 .set(Some(format!("could not load newer messages: {e}"))),
@@ -1253,6 +1258,11 @@ pub fn load_newer(session: Session, st: RoomState) {
 /// arrived meanwhile, until what is shown reaches the cursor.
 pub fn to_present(session: Session, st: RoomState) {
     leptos::task::spawn_local(async move {
+        let failed = |e: String| {
+            session
+                .last_error
+                .set(Some(format!("could not load the latest messages: {e}")))
+        };
         let url = format!(
             "/api/rooms/{}/messages?limit={}",
             st.name(),
@@ -1260,33 +1270,15 @@ pub fn to_present(session: Session, st: RoomState) {
         );
         match api::<HistoryPage, ()>("GET", &url, None).await {
             Ok(page) => st.show(page.messages, true),
-            Err(e) => {
-                session
-                    .last_error
-                    .set(Some(format!("could not load the latest messages: {e}")));
-                return;
-            }
+            Err(e) => return failed(e),
         }
         // Events that came live while the page was on its way were not shown: read them.
         while st.detached.get_untracked() {
-            let url = format!(
-                "/api/rooms/{}/messages?after={}&limit={}",
-                st.name(),
-                st.window_end.get_value(),
-                crate::protocol::MAX_PAGE
-            );
-            match api::<HistoryPage, ()>("GET", &url, None).await {
-                Ok(page) if page.messages.is_empty() => {
-                    // Nothing stored after what is shown: the present is shown.
-                    st.detached.set(false);
-                }
-                Ok(page) => st.append_newer(page.messages),
-                Err(e) => {
-                    session
-                        .last_error
-                        .set(Some(format!("could not load the latest messages: {e}")));
-                    return;
-                }
+            match newer_page(st).await {
+                // Nothing stored after what is shown: the present is shown.
+                Ok(page) if page.is_empty() => st.detached.set(false),
+                Ok(page) => st.append_newer(page),
+                Err(e) => return failed(e),
             }
         }
         st.at_bottom.set(true);

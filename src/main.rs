@@ -20,13 +20,8 @@ async fn main() -> ExitCode {
     {
         return ops_command(&args).await;
     }
-    let config = match Config::load_from(args) {
-        Ok((config, _)) => config,
-        Err(config::ConfigError::Invalid(e)) => e.exit(),
-        Err(e) => {
-            eprintln!("hubbub: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(config) = settings(args) else {
+        return ExitCode::FAILURE;
     };
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
@@ -40,6 +35,19 @@ async fn main() -> ExitCode {
             tracing::error!("{e}");
             eprintln!("hubbub: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The settings of these arguments, or `None` once what is wrong is said (clap's own errors,
+/// `--help` and `--version` exit with clap's status).
+fn settings(args: Vec<OsString>) -> Option<Config> {
+    match Config::load_from(args) {
+        Ok((config, _)) => Some(config),
+        Err(config::ConfigError::Invalid(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("hubbub: {e}");
+            None
         }
     }
 }
@@ -107,13 +115,8 @@ async fn backup_command(args: &[OsString]) -> ExitCode {
     };
     let mut flags = vec![args[0].clone()];
     flags.extend(args[3..].iter().cloned());
-    let config = match Config::load_from(flags) {
-        Ok((config, _)) => config,
-        Err(config::ConfigError::Invalid(e)) => e.exit(),
-        Err(e) => {
-            eprintln!("hubbub: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(config) = settings(flags) else {
+        return ExitCode::FAILURE;
     };
     let path = std::path::PathBuf::from(path);
     if args[1] == "backup" {
@@ -201,13 +204,8 @@ async fn ops_command(args: &[OsString]) -> ExitCode {
             }
         }
     }
-    let config = match Config::load_from(flags) {
-        Ok((config, _)) => config,
-        Err(config::ConfigError::Invalid(e)) => e.exit(),
-        Err(e) => {
-            eprintln!("hubbub: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(config) = settings(flags) else {
+        return ExitCode::FAILURE;
     };
     let (store, accounts) = match server::open_stores(&config).await {
         Ok(s) => s,

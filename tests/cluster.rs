@@ -387,16 +387,20 @@ type TlsWs = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<
 
 /// A `hubbub.v1` socket through nginx (TLS), or the reason there is none now.
 async fn through_nginx(port: u16, tls: &tokio_rustls::TlsConnector) -> Result<TlsWs, String> {
+    through_nginx_as(port, tls, upgrade_request("wss://localhost/ws", &[])).await
+}
+
+/// The same with the upgrade request `req` (credentials, an origin).
+async fn through_nginx_as(
+    port: u16,
+    tls: &tokio_rustls::TlsConnector,
+    req: Request,
+) -> Result<TlsWs, String> {
     let tcp = TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| e.to_string())?;
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let stream = tls.connect(name, tcp).await.map_err(|e| e.to_string())?;
-    let mut req = "wss://localhost/ws".into_client_request().expect("request");
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static(SUBPROTOCOL),
-    );
     let (ws, _) = tokio_tungstenite::client_async(req, stream)
         .await
         .map_err(|e| e.to_string())?;
@@ -828,22 +832,11 @@ async fn a_person_signs_up_posts_and_reads_through_nginx_on_any_node() {
     // Three sockets through nginx land on the three nodes in turn.
     let mut sockets = Vec::new();
     for _ in 0..3 {
-        let tcp = TcpStream::connect(("127.0.0.1", nginx.port))
-            .await
-            .expect("connect");
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let stream = nginx.tls().connect(name, tcp).await.expect("TLS");
-        let mut req = format!("wss://localhost:{}/ws", nginx.port)
-            .into_client_request()
-            .expect("request");
-        let h = req.headers_mut();
-        h.insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(SUBPROTOCOL),
+        let req = upgrade_request(
+            &format!("wss://localhost:{}/ws", nginx.port),
+            &[("Cookie", cookie.clone()), ("Origin", origin.clone())],
         );
-        h.insert("Cookie", HeaderValue::from_str(&cookie).expect("cookie"));
-        h.insert("Origin", HeaderValue::from_str(&origin).expect("origin"));
-        let (mut ws, _) = tokio_tungstenite::client_async(req, stream)
+        let mut ws = through_nginx_as(nginx.port, &nginx.tls(), req)
             .await
             .expect("a signed-in socket through nginx");
         let hello = ClientFrame::Hello {
@@ -1141,29 +1134,32 @@ async fn sign_up(node: &Node, username: &str) -> (String, String) {
     (set_cookie(&resp, "hubbub_session").expect("session"), csrf)
 }
 
-/// The upgrade request of a `hubbub.v1` socket to `node` with a session cookie and the node's
-/// own origin.
-fn session_request(
-    node: &Node,
-    session: &str,
-) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    let mut req = format!("ws://{}/ws", node.addr())
-        .into_client_request()
-        .expect("request");
+type Request = tokio_tungstenite::tungstenite::handshake::client::Request;
+
+/// The upgrade request of a `hubbub.v1` socket to `url`, with more headers.
+fn upgrade_request(url: &str, headers: &[(&'static str, String)]) -> Request {
+    let mut req = url.into_client_request().expect("request");
     let h = req.headers_mut();
     h.insert(
         "Sec-WebSocket-Protocol",
         HeaderValue::from_static(SUBPROTOCOL),
     );
-    h.insert(
-        "Cookie",
-        HeaderValue::from_str(&format!("hubbub_session={session}")).expect("cookie"),
-    );
-    h.insert(
-        "Origin",
-        HeaderValue::from_str(&format!("http://{}", node.addr())).expect("origin"),
-    );
+    for (name, value) in headers {
+        h.insert(*name, HeaderValue::from_str(value).expect("header"));
+    }
     req
+}
+
+/// The upgrade request of a `hubbub.v1` socket to `node` with a session cookie and the node's
+/// own origin.
+fn session_request(node: &Node, session: &str) -> Request {
+    upgrade_request(
+        &format!("ws://{}/ws", node.addr()),
+        &[
+            ("Cookie", format!("hubbub_session={session}")),
+            ("Origin", format!("http://{}", node.addr())),
+        ],
+    )
 }
 
 /// A socket to `node` with a session cookie, hello said with `rooms` resumed from 0.
@@ -1313,19 +1309,10 @@ async fn a_removal_a_revoked_token_and_a_log_out_on_one_node_reach_the_sockets_o
     let start = html.find("<code>").expect("the token is shown once") + 6;
     let token = html[start..].split('<').next().expect("token").to_owned();
     let bearer = |node: &Node| {
-        let mut req = format!("ws://{}/ws", node.addr())
-            .into_client_request()
-            .expect("request");
-        let h = req.headers_mut();
-        h.insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
-        h.insert(
-            "Authorization",
-            HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
-        );
-        req
+        upgrade_request(
+            &format!("ws://{}/ws", node.addr()),
+            &[("Authorization", format!("Bearer {token}"))],
+        )
     };
     let (mut bot, _) = tokio_tungstenite::connect_async(bearer(&b))
         .await

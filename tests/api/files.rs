@@ -134,6 +134,18 @@ async fn an_image_is_stored_by_its_digest_shown_inline_and_reaches_the_room_live
     assert_eq!(incoming(&app), 0);
 }
 
+/// A file served as a download, never rendered: any type, sandboxed, not sniffed.
+fn is_a_sandboxed_download(resp: &reqwest::Response) {
+    let h = resp.headers();
+    assert_eq!(h["content-type"], "application/octet-stream");
+    assert!(h["content-disposition"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("attachment;"));
+    assert_eq!(h["content-security-policy"], "default-src 'none'; sandbox");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+}
+
 #[tokio::test]
 async fn html_that_claims_to_be_an_image_is_a_download_and_strangers_get_nothing() {
     let app = spawn_secure_app().await;
@@ -146,13 +158,7 @@ async fn html_that_claims_to_be_an_image_is_a_download_and_strangers_get_nothing
     assert_eq!(a["mime"], "text/plain");
     assert!(a.get("width").is_none());
     let resp = fetch(&bob, &app, a["id"].as_str().expect("id")).await;
-    let h = resp.headers();
-    assert_eq!(h["content-type"], "application/octet-stream");
-    assert!(h["content-disposition"]
-        .to_str()
-        .expect("ascii")
-        .starts_with("attachment;"));
-    assert_eq!(h["content-security-policy"], "default-src 'none'; sandbox");
+    is_a_sandboxed_download(&resp);
 
     // An SVG (a picture that can carry script) is never an image here either: a download,
     // sandboxed, whatever it is called.
@@ -163,14 +169,7 @@ async fn html_that_claims_to_be_an_image_is_a_download_and_strangers_get_nothing
     assert_ne!(a["mime"], "image/svg+xml");
     assert!(a.get("width").is_none());
     let resp = fetch(&bob, &app, a["id"].as_str().expect("id")).await;
-    let h = resp.headers();
-    assert_eq!(h["content-type"], "application/octet-stream");
-    assert!(h["content-disposition"]
-        .to_str()
-        .expect("ascii")
-        .starts_with("attachment;"));
-    assert_eq!(h["content-security-policy"], "default-src 'none'; sandbox");
-    assert_eq!(h["x-content-type-options"], "nosniff");
+    is_a_sandboxed_download(&resp);
 
     // A private room's files are no one else's: not to fetch, not to upload to.
     ann.post(

@@ -68,7 +68,19 @@ async fn each_socket_logs_one_line_when_it_opens_and_one_when_it_closes() {
     let mut ws = server.rich(0).await;
     let acks = send_many(&mut ws, "logged", 3).await;
     assert_eq!(acks.len(), 3);
-    ws.close(None).await.expect("close");
+    // The echoes of all three come (an ack can come before its own message's delivery).
+    until(
+        &mut ws,
+        |f| matches!(f, hubbub::protocol::ServerFrame::Message(m) if m.seq == acks[2]),
+    )
+    .await;
+    ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "done".into(),
+    }))
+    .await
+    .expect("close");
+    while let Some(Ok(_)) = futures_util::StreamExt::next(&mut ws).await {}
     drop(ws);
     let deadline = std::time::Instant::now() + WAIT;
     let lines: Vec<serde_json::Value> = loop {
@@ -107,6 +119,7 @@ async fn each_socket_logs_one_line_when_it_opens_and_one_when_it_closes() {
     // The hello and three sends in; the three messages out (their echoes to this socket).
     assert_eq!(close["frames_in"], 4, "{close}");
     assert_eq!(close["messages_out"], 3, "{close}");
+    assert_eq!(close["code"], 1000, "the client's close code: {close}");
     assert!(close["duration_ms"].as_u64().is_some(), "{close}");
 }
 

@@ -1396,50 +1396,33 @@ impl Store for PgStore {
                 .fetch_optional(&mut *tx)
                 .await?;
         let head = room.events.last().map_or(0, |m| to_i64(m.seq));
-        let room_id = match existing {
+        match existing {
             Some((_, seq)) if seq > 0 => return Err(StoreError::RoomExists),
+            // An empty room of that name (a new install's `general`) gives way to the import.
             Some((id, _)) => {
-                sqlx::query(
-                    "UPDATE rooms SET head_seq = $1, created_at = $2, kind = $3, visibility = $4, \
-                     title = $5, topic = $6, owner_id = $7, archived_at = $8, created_by = $7 \
-                     WHERE id = $9",
-                )
-                .bind(head)
-                .bind(room.created_at)
-                .bind(kind_str(room.kind))
-                .bind(visibility_str(room.visibility))
-                .bind(&room.title)
-                .bind(&room.topic)
-                .bind(room.owner)
-                .bind(room.archived_at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("DELETE FROM members WHERE room_id = $1")
+                sqlx::query("DELETE FROM rooms WHERE id = $1")
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                id
             }
-            None => {
-                sqlx::query_scalar(
-                    "INSERT INTO rooms (name, head_seq, created_at, kind, visibility, title, \
-                     topic, owner_id, archived_at, created_by) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8) RETURNING id",
-                )
-                .bind(&room.name)
-                .bind(head)
-                .bind(room.created_at)
-                .bind(kind_str(room.kind))
-                .bind(visibility_str(room.visibility))
-                .bind(&room.title)
-                .bind(&room.topic)
-                .bind(room.owner)
-                .bind(room.archived_at)
-                .fetch_one(&mut *tx)
-                .await?
-            }
-        };
+            None => {}
+        }
+        let room_id: i64 = sqlx::query_scalar(
+            "INSERT INTO rooms (name, head_seq, created_at, kind, visibility, title, \
+             topic, owner_id, archived_at, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8) RETURNING id",
+        )
+        .bind(&room.name)
+        .bind(head)
+        .bind(room.created_at)
+        .bind(kind_str(room.kind))
+        .bind(visibility_str(room.visibility))
+        .bind(&room.title)
+        .bind(&room.topic)
+        .bind(room.owner)
+        .bind(room.archived_at)
+        .fetch_one(&mut *tx)
+        .await?;
         for m in &room.events {
             sqlx::query(
                 "INSERT INTO messages (room_id, seq, client_id, kind, \"user\", user_id, username, \

@@ -1155,51 +1155,34 @@ impl Store for SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await?;
         let head = room.events.last().map_or(0, |m| to_i64(m.seq));
-        let room_id = match existing {
+        match existing {
             Some((_, seq)) if seq > 0 => return Err(StoreError::RoomExists),
+            // An empty room of that name (a new install's `general`) gives way to the import.
             Some((id, _)) => {
-                sqlx::query(
-                    "UPDATE rooms SET head_seq = ?, created_at = ?, kind = ?, visibility = ?, \
-                     title = ?, topic = ?, owner_id = ?, archived_at = ?, created_by = ? WHERE id = ?",
-                )
-                .bind(head)
-                .bind(room.created_at)
-                .bind(kind_str(room.kind))
-                .bind(visibility_str(room.visibility))
-                .bind(&room.title)
-                .bind(&room.topic)
-                .bind(room.owner)
-                .bind(room.archived_at)
-                .bind(room.owner)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("DELETE FROM members WHERE room_id = ?")
+                sqlx::query("DELETE FROM rooms WHERE id = ?")
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                id
             }
-            None => {
-                sqlx::query_scalar(
-                    "INSERT INTO rooms (name, head_seq, created_at, kind, visibility, title, \
-                     topic, owner_id, archived_at, created_by) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                )
-                .bind(&room.name)
-                .bind(head)
-                .bind(room.created_at)
-                .bind(kind_str(room.kind))
-                .bind(visibility_str(room.visibility))
-                .bind(&room.title)
-                .bind(&room.topic)
-                .bind(room.owner)
-                .bind(room.archived_at)
-                .bind(room.owner)
-                .fetch_one(&mut *tx)
-                .await?
-            }
-        };
+            None => {}
+        }
+        let room_id: i64 = sqlx::query_scalar(
+            "INSERT INTO rooms (name, head_seq, created_at, kind, visibility, title, \
+             topic, owner_id, archived_at, created_by) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&room.name)
+        .bind(head)
+        .bind(room.created_at)
+        .bind(kind_str(room.kind))
+        .bind(visibility_str(room.visibility))
+        .bind(&room.title)
+        .bind(&room.topic)
+        .bind(room.owner)
+        .bind(room.archived_at)
+        .bind(room.owner)
+        .fetch_one(&mut *tx)
+        .await?;
         for m in &room.events {
             sqlx::query(
                 "INSERT INTO messages (room_id, seq, client_id, kind, user, user_id, username, \
