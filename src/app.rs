@@ -859,7 +859,7 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                     placeholder="Message (Enter sends, Shift+Enter for a new line)"
                     maxlength="4000"
                     aria-autocomplete="list"
-                    aria-controls="mention-pick"
+                    aria-controls=move || (!candidates().is_empty()).then_some("mention-pick")
                     aria-activedescendant=move || (!candidates().is_empty()).then(|| format!("mention-{}", pick.get()))
                     prop:value=move || st.draft.get()
                     on:input=move |ev| {

@@ -240,7 +240,8 @@ test("typing @ offers the room's people: arrows choose, Enter or a click complet
   const { ann, bobName } = await twoPeople(browser);
   const box = ann.locator("textarea.body");
   await box.fill("");
-  await box.pressSequentially(`hey @${bobName.slice(0, 3)}`);
+  // All but the last letter of his handle (the server is shared: others begin the same way).
+  await box.pressSequentially(`hey @${bobName.slice(0, -1)}`);
   const offered = ann.getByRole("listbox", { name: "People to mention" });
   await expect(offered.getByRole("option", { name: new RegExp(`@${bobName}`) })).toBeVisible();
   // Ann does not offer herself; Enter takes the chosen name and the message goes on.
@@ -253,7 +254,7 @@ test("typing @ offers the room's people: arrows choose, Enter or a click complet
   const sent = message(ann, `hey @${bobName} look`);
   await expect(sent).toHaveAttribute("data-status", "stored");
   // By keyboard, and Esc closes the list without sending.
-  await box.pressSequentially(`@${bobName.slice(0, 4)}`);
+  await box.pressSequentially(`@${bobName.slice(0, -2)}`);
   await expect(offered).toBeVisible();
   await box.press("Escape");
   await expect(offered).toHaveCount(0);
@@ -261,7 +262,7 @@ test("typing @ offers the room's people: arrows choose, Enter or a click complet
   await expect(offered).toBeVisible();
   await box.press("ArrowDown");
   await box.press("Enter");
-  await expect(box).toHaveValue(new RegExp(`^@${bobName.slice(0, 4)} and @\\S+ $`));
+  await expect(box).toHaveValue(new RegExp(`^@${bobName.slice(0, -2)} and @\\S+ $`));
 });
 
 test("a search result far back opens with its context around it, and the present is one click away", async ({

@@ -124,6 +124,17 @@ fn chart(rates: &[f64]) -> String {
     )
 }
 
+/// `HH:MM:SS` of a time in ms since the epoch, in UTC.
+fn clock_utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    format!(
+        "{:02}:{:02}:{:02}",
+        secs.div_euclid(3600).rem_euclid(24),
+        secs.div_euclid(60).rem_euclid(60),
+        secs.rem_euclid(60)
+    )
+}
+
 fn when(ms: i64) -> String {
     let now = auth::now_ms();
     let ago = (now - ms).max(0) / 1000;
@@ -222,13 +233,6 @@ pub async fn admin_page(
     } else {
         format!("<p class=\"notice\" role=\"status\">{done}</p>")
     };
-    // The overview refreshes itself (no script needed); a filtered list does not, so that it
-    // holds still while it is read.
-    let head = if filter.is_none() && q.done.is_none() {
-        "<meta http-equiv=\"refresh\" content=\"15\"/>"
-    } else {
-        ""
-    };
     let room_rows: String = rooms
         .iter()
         .map(|r| {
@@ -277,7 +281,7 @@ pub async fn admin_page(
         StatusCode::OK,
         "Admin",
         "admin",
-        head,
+        "",
         |csrf| {
             let user_rows: String = users
                 .iter()
@@ -330,6 +334,7 @@ pub async fn admin_page(
                  <a href=\"/tokens\">Tokens</a></nav>\
                  <h2>Admin</h2>{done}\
                  <section aria-labelledby=\"now\"><h3 id=\"now\">Now</h3>\
+                 <p class=\"muted\">As of {} UTC. <a href=\"/admin\">Refresh</a></p>\
                  <dl class=\"stats\">\
                  <div><dt>WebSockets</dt><dd id=\"websockets\">{}</dd></div>\
                  <div><dt>hubbub.v1 / classic</dt><dd>{} / {}</dd></div>\
@@ -351,6 +356,7 @@ pub async fn admin_page(
                  <p class=\"muted\">As this node runs with them; passwords in URLs are redacted.</p>\
                  <div class=\"scroll\"><table><thead><tr><th scope=\"col\">Setting</th><th scope=\"col\">Value</th>\
                  <th scope=\"col\">From</th></tr></thead><tbody>{settings}</tbody></table></div></section>",
+                clock_utc(now),
                 state.connections.count(),
                 m.rich.get(),
                 m.classic.get(),

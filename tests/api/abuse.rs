@@ -1271,3 +1271,93 @@ async fn uploads_reactions_edits_and_searches_hold_against_one_account() {
         peak - rss_before
     );
 }
+
+#[tokio::test]
+async fn the_admin_endpoints_hold_against_members_strangers_and_huge_fields() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start_with(dir.path(), &[], &secure(&[]), &[]);
+    let base = server.url("");
+    let http = client();
+    let token = csrf(&http, &base).await;
+    let admin = signup_session(&http, &base, &token, "admin").await;
+    let member = signup_session(&http, &base, &token, "member").await;
+    let rss_before = server.status_kib("VmRSS");
+    let cpu_before = server.cpu();
+    // 500 tries each by a stranger and by a member to disable the admin, from one address.
+    let mut statuses = std::collections::BTreeMap::new();
+    for session in [None, Some(format!("hubbub_session={member}"))] {
+        for _ in 0..500 {
+            let r = form(
+                &http,
+                &base,
+                "/admin/users/admin/disable",
+                &token,
+                session.as_deref(),
+                &[],
+            )
+            .await;
+            *statuses.entry(r.status().as_u16()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(
+        statuses.get(&303),
+        Some(&500),
+        "strangers to log in: {statuses:?}"
+    );
+    assert_eq!(
+        statuses.get(&403),
+        Some(&500),
+        "members refused: {statuses:?}"
+    );
+    // A 1 MB form is refused unread; a 60 KB filter is cut to 64 characters.
+    let huge = "x".repeat(1024 * 1024);
+    let r = form(
+        &http,
+        &base,
+        "/admin/users/member/disable",
+        &token,
+        Some(&format!("hubbub_session={admin}")),
+        &[("pad", &huge)],
+    )
+    .await;
+    assert_eq!(r.status(), 413);
+    let long = "q".repeat(60 * 1024);
+    let page = http
+        .get(format!("{base}/admin?q={long}"))
+        .header("Cookie", format!("hubbub_session={admin}"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("page");
+    assert!(!html.contains(&long[..65]), "the filter is cut");
+    // 200 views of the admin page: what each costs the server.
+    let cpu_pages = server.cpu();
+    for _ in 0..200 {
+        let r = http
+            .get(format!("{base}/admin"))
+            .header("Cookie", format!("hubbub_session={admin}"))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200);
+    }
+    let per_page = (server.cpu() - cpu_pages) / 200;
+    let (rss_after, cpu) = (server.status_kib("VmRSS"), server.cpu() - cpu_before);
+    println!(
+        "admin endpoints: 1,000 refused posts {statuses:?}; 200 admin pages at {per_page:?} of server CPU each; {cpu:?} of CPU in all; RSS {rss_before} KiB before, {rss_after} KiB after"
+    );
+    assert!(
+        rss_after.saturating_sub(rss_before) < 16 * 1024,
+        "RSS grew {} KiB",
+        rss_after - rss_before
+    );
+    // Nothing changed: the member is still active, and the admin too.
+    let r = http
+        .get(format!("{base}/admin?q=member"))
+        .header("Cookie", format!("hubbub_session={admin}"))
+        .send()
+        .await
+        .expect("get");
+    assert!(r.text().await.expect("page").contains("status-active"));
+}
