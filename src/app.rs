@@ -178,7 +178,7 @@ fn Sidebar(session: Session, nav: Nav) -> impl IntoView {
         };
         let current2 = current.clone();
         let inside = view! {
-            {others.map(|people| group_dot(session, people))}
+            {others.map(|people| presence_dot(session, people))}
             <span class="room-name">{private.then(lock_icon)} {label}</span>
             {(mentions > 0)
                 .then(|| {
@@ -252,60 +252,40 @@ fn Sidebar(session: Session, nav: Nav) -> impl IntoView {
 }
 
 /// A dot that shows how present someone is, with "last seen…" on hover.
-fn presence_dot(session: Session, username: String) -> impl IntoView {
-    let info = Memo::new(move |_| session.presence.with(|p| p.get(&username).cloned()));
-    let status = move || {
-        info.get()
-            .map_or(crate::protocol::Status::Offline, |p| p.status)
-    };
-    let label = move || {
-        let p = info.get();
-        match status() {
-            crate::protocol::Status::Active => "active".to_owned(),
-            crate::protocol::Status::Idle => "idle".to_owned(),
-            crate::protocol::Status::Offline => {
-                last_seen(p.map_or(0, |p| p.last_active), session.now.get())
-            }
-        }
-    };
-    let state = move || match status() {
-        crate::protocol::Status::Active => "active",
-        crate::protocol::Status::Idle => "idle",
-        crate::protocol::Status::Offline => "offline",
-    };
-    view! { <span class="dot" data-status=state title=label role="img" aria-label=label></span> }
-}
-
-/// How present the others of a group conversation are: the dot of the most present of them,
-/// and how many are active or idle.
-fn group_dot(session: Session, people: Vec<String>) -> AnyView {
-    if let [one] = people.as_slice() {
-        return presence_dot(session, one.clone()).into_any();
-    }
-    let counts = Memo::new(move |_| {
+fn presence_dot(session: Session, people: Vec<String>) -> impl IntoView {
+    // One person: how present they are (or when last seen); several: the most present of them,
+    // and how many are active and idle. One set of closures for both keeps the client small.
+    let info = Memo::new(move |_| {
         session.presence.with(|p| {
-            people.iter().fold((0, 0), |(active, idle), who| {
-                match p.get(who).map(|x| x.status) {
-                    Some(crate::protocol::Status::Active) => (active + 1, idle),
-                    Some(crate::protocol::Status::Idle) => (active, idle + 1),
-                    _ => (active, idle),
+            let (mut active, mut idle, mut last) = (0u32, 0u32, 0i64);
+            for who in &people {
+                if let Some(x) = p.get(who) {
+                    match x.status {
+                        crate::protocol::Status::Active => active += 1,
+                        crate::protocol::Status::Idle => idle += 1,
+                        crate::protocol::Status::Offline => {}
+                    }
+                    last = last.max(x.last_active);
                 }
-            })
+            }
+            (active, idle, last, people.len() > 1)
         })
     });
-    let state = move || match counts.get() {
-        (a, _) if a > 0 => "active",
-        (_, i) if i > 0 => "idle",
+    let label = move || match info.get() {
+        (a, 0, _, true) if a > 0 => format!("{a} active"),
+        (0, i, _, true) if i > 0 => format!("{i} idle"),
+        (a, i, _, true) if a + i > 0 => format!("{a} active, {i} idle"),
+        (_, _, _, true) => "everyone away".to_owned(),
+        (a, _, _, false) if a > 0 => "active".to_owned(),
+        (_, i, _, false) if i > 0 => "idle".to_owned(),
+        (_, _, last, false) => last_seen(last, session.now.get()),
+    };
+    let state = move || match info.get() {
+        (a, _, _, _) if a > 0 => "active",
+        (_, i, _, _) if i > 0 => "idle",
         _ => "offline",
     };
-    let label = move || match counts.get() {
-        (0, 0) => "everyone away".to_owned(),
-        (a, 0) => format!("{a} active"),
-        (0, i) => format!("{i} idle"),
-        (a, i) => format!("{a} active, {i} idle"),
-    };
     view! { <span class="dot" data-status=state title=label role="img" aria-label=label></span> }
-        .into_any()
 }
 
 /// "last seen 5 min ago", from a time in ms and the clock.
@@ -471,23 +451,29 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
         st.at_bottom.set(true);
         scroll_to_bottom(list_ref);
     };
-    // The `@name` being typed where the caret is (where its `@` is, the caret, what is typed),
-    // the people it may name, and which of them is picked.
-    let mention = RwSignal::new(None::<(usize, usize, String)>);
+    // The `@name` being typed where the caret is (where its `@` is, and what is typed up to
+    // the caret), the people it may name, and which of them is picked.
+    let mention = RwSignal::new(None::<u64>);
+    let typed = RwSignal::new(String::new());
     let pick = RwSignal::new(0usize);
     let candidates = move || -> Vec<crate::protocol::MemberInfo> {
-        let Some((_, _, typed)) = mention.get() else {
+        // None once the text no longer reaches the `@` (the message went, or was cut).
+        let Some(at) = mention.get() else {
             return Vec::new();
         };
-        let typed = typed.to_lowercase();
+        if st.draft.with(|d| d.len() as u64 <= at) {
+            return Vec::new();
+        }
+        // ASCII case only: Unicode's case tables would cost the client 15 KB.
+        let typed = typed.get().to_ascii_lowercase();
         let me = session.username.get_value();
         st.people.with(|people| {
             people
                 .iter()
-                .flatten()
                 .filter(|p| Some(&p.username) != me.as_ref())
                 .filter(|p| {
-                    p.username.starts_with(&typed) || p.display_name.to_lowercase().contains(&typed)
+                    p.username.starts_with(&typed)
+                        || p.display_name.to_ascii_lowercase().contains(&typed)
                 })
                 .take(6)
                 .cloned()
@@ -495,17 +481,25 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
         })
     };
     let complete = move |username: String| {
-        let Some((at, caret, _)) = mention.get_untracked() else {
+        let Some(at) = mention.get_untracked() else {
             return;
         };
+        let at = at as usize;
+        let caret = at + 1 + typed.with_untracked(String::len);
         let (text, caret) =
             crate::markup::complete_mention(&st.draft.get_untracked(), at, caret, &username);
-        st.draft.set(text.clone());
+        // The caret goes to the end of the new text, after the name.
+        let _ = caret;
+        st.draft.set(text);
         mention.set(None);
-        #[cfg(feature = "hydrate")]
-        crate::client::put_caret(&text, caret);
-        let _ = (text, caret);
     };
+    // The composer says which list it controls and which name is picked, while names are
+    // offered (set here rather than as reactive attributes: cheaper for the client's size).
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |_| {
+        let open = !candidates().is_empty();
+        crate::client::point_composer(open.then(|| pick.get()));
+    });
     // Esc leaves a reply or an edit; Up in an empty composer edits the user's last message.
     // While names are offered, Up and Down choose, Enter or Tab takes one, Esc closes them.
     let composer_keys = move |ev: leptos::ev::KeyboardEvent| {
@@ -746,29 +740,26 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                     <MembersPanel session room=room.clone()/>
                 </Show>
             </div>
-            <Show when=move || st.detached.get()>
+            // One marker for both: a window of older history (back to the present), or new
+            // messages below while the reader is scrolled up.
+            <Show when=move || { st.detached.get() || st.unseen.get() > 0 }>
                 <button
                     class="new-marker"
                     on:click=click(move |_| {
-                        #[cfg(feature = "hydrate")]
-                        crate::client::to_present(session, st);
-                    })
-                >
-                    "Older messages are shown. Jump to the present ↓"
-                </button>
-            </Show>
-            <Show when=move || { st.unseen.get() > 0 }>
-                <button
-                    class="new-marker"
-                    on:click=click(move |_| {
+                        if st.detached.get_untracked() {
+                            #[cfg(feature = "hydrate")]
+                            crate::client::to_present(session, st);
+                            return;
+                        }
                         st.at_bottom.set(true);
                         st.unseen.set(0);
                         scroll_to_bottom(list_ref);
                     })
                 >
-                    {move || {
-                        let n = st.unseen.get();
-                        if n == 1 { "1 new message ↓".to_owned() } else { format!("{n} new messages ↓") }
+                    {move || match st.unseen.get() {
+                        _ if st.detached.get() => "Older messages are shown. Jump to the present ↓".to_owned(),
+                        1 => "1 new message ↓".to_owned(),
+                        n => format!("{n} new messages ↓"),
                     }}
                 </button>
             </Show>
@@ -804,9 +795,11 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                     })>"Cancel"</button>
                 </div>
             </Show>
-            <Show when=move || !candidates().is_empty()>
+            {move || {
+                let offered = candidates();
+                (!offered.is_empty()).then(|| view! {
                 <ul class="mention-pick" role="listbox" id="mention-pick" aria-label="People to mention">
-                    {move || candidates().into_iter().enumerate().map(|(i, p)| {
+                    {offered.into_iter().enumerate().map(|(i, p)| {
                         let chosen = i == pick.get();
                         let username = p.username.clone();
                         view! {
@@ -827,7 +820,8 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                         }
                     }).collect_view()}
                 </ul>
-            </Show>
+                })
+            }}
             <form
                 class="composer"
                 class:signed-in=signed_in
@@ -859,8 +853,6 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                     placeholder="Message (Enter sends, Shift+Enter for a new line)"
                     maxlength="4000"
                     aria-autocomplete="list"
-                    aria-controls=move || (!candidates().is_empty()).then_some("mention-pick")
-                    aria-activedescendant=move || (!candidates().is_empty()).then(|| format!("mention-{}", pick.get()))
                     prop:value=move || st.draft.get()
                     on:input=move |ev| {
                         let text = event_target_value(&ev);
@@ -870,23 +862,23 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                         }
                         #[cfg(feature = "hydrate")]
                         {
-                            let caret = crate::client::caret(&ev, &text);
-                            let found = crate::markup::mention_at(&text, caret)
-                                .map(|(at, typed)| (at, caret, typed.to_owned()));
-                            if found.is_some() && st.people.get_untracked().is_none() {
-                                crate::client::load_people(st);
+                            // Names are offered for an `@name` at the end of the text, where
+                            // one is typed.
+                            match crate::markup::mention_at(&text, text.len()) {
+                                Some((at, name)) => {
+                                    if !st.people_asked.get_untracked() {
+                                        crate::client::load_people(st);
+                                    }
+                                    if typed.with_untracked(|t| t != name) {
+                                        pick.set(0);
+                                        typed.set(name.to_owned());
+                                    }
+                                    mention.set(Some(at as u64));
+                                }
+                                None => mention.set(None),
                             }
-                            if found.as_ref().map(|f| &f.2) != mention.get_untracked().as_ref().map(|m| &m.2) {
-                                pick.set(0);
-                            }
-                            mention.set(found);
                         }
                         st.draft.set(text);
-                    }
-                    on:blur=move |_| {
-                        // A click on a name comes after the blur: let it land first.
-                        #[cfg(feature = "hydrate")]
-                        set_timeout(move || mention.set(None), std::time::Duration::from_millis(200));
                     }
                     on:keydown=composer_keys
                     on:paste=move |ev: leptos::ev::ClipboardEvent| {
@@ -1612,7 +1604,7 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
                             let removable = owner && someone_else;
                             let message = message_to;
                             let to = m.username.clone();
-                            let dot = presence_dot(session, m.username.clone());
+                            let dot = presence_dot(session, vec![m.username.clone()]);
                             view! {
                                 <li>
                                     {dot}

@@ -1103,61 +1103,37 @@ async fn older_page(st: RoomState) -> Result<(), String> {
         st.name(),
         crate::protocol::MAX_PAGE
     );
-    let page = api::<HistoryPage, ()>("GET", &url, None).await?;
-    st.prepend(page.messages);
+    st.prepend(history(&url).await?);
     Ok(())
 }
 
-/// Where the caret is in the textarea an input event came from, as a byte offset in `text`
-/// (the browser counts UTF-16 units).
-pub fn caret(ev: &web_sys::Event, text: &str) -> usize {
-    use wasm_bindgen::JsCast;
-    let units = ev
-        .target()
-        .and_then(|t| t.dyn_into::<web_sys::HtmlTextAreaElement>().ok())
-        .and_then(|el| el.selection_start().ok().flatten())
-        .unwrap_or(u32::MAX) as usize;
-    let mut seen = 0;
-    for (at, c) in text.char_indices() {
-        if seen >= units {
-            return at;
-        }
-        seen += c.len_utf16();
-    }
-    text.len()
-}
-
-/// Puts the composer's caret at byte `at` of `text` (its value), and the focus in it.
-pub fn put_caret(text: &str, at: usize) {
-    use wasm_bindgen::JsCast;
-    let units: usize = text
-        .get(..at)
-        .map_or(0, |t| t.chars().map(char::len_utf16).sum());
-    let Some(el) = document()
-        .query_selector("textarea.body")
-        .ok()
-        .flatten()
-        .and_then(|el| el.dyn_into::<web_sys::HtmlTextAreaElement>().ok())
-    else {
+/// Points the composer at the list of names it offers (`aria-controls`) and at the picked one
+/// (`aria-activedescendant`), or at nothing when no list is shown.
+pub fn point_composer(picked: Option<usize>) {
+    let Some(el) = document().query_selector("textarea.body").ok().flatten() else {
         return;
     };
-    // The new value is set by the signal a moment later: place the caret after it.
-    request_animation_frame(move || {
-        let units = units as u32;
-        let _ = el.focus();
-        let _ = el.set_selection_range(units, units);
-    });
+    match picked {
+        Some(i) => {
+            let _ = el.set_attribute("aria-controls", "mention-pick");
+            let _ = el.set_attribute("aria-activedescendant", &format!("mention-{i}"));
+        }
+        None => {
+            let _ = el.remove_attribute("aria-controls");
+            let _ = el.remove_attribute("aria-activedescendant");
+        }
+    }
 }
 
 /// Reads the room's people once, for the composer to complete `@names` with.
 pub fn load_people(st: RoomState) {
-    st.people.set(Some(Vec::new()));
+    st.people_asked.set(true);
     leptos::task::spawn_local(async move {
         let url = format!("/api/rooms/{}", st.name());
         match api::<crate::protocol::api::RoomDetail, ()>("GET", &url, None).await {
-            Ok(detail) => st.people.set(Some(detail.members)),
+            Ok(detail) => st.people.set(detail.members),
             // Asked again at the next `@`.
-            Err(_) => st.people.set(None),
+            Err(_) => st.people_asked.set(false),
         }
     });
 }
@@ -1199,8 +1175,8 @@ pub fn reveal(session: Session, st: RoomState, seq: u64) {
                 seq + CONTEXT,
                 2 * CONTEXT
             );
-            match api::<HistoryPage, ()>("GET", &url, None).await {
-                Ok(page) => st.show(page.messages, true),
+            match history(&url).await {
+                Ok(page) => st.show(page, true),
                 Err(e) => session
                     .last_error
                     .set(Some(format!("could not load the message: {e}"))),
@@ -1230,59 +1206,64 @@ pub fn reveal(session: Session, st: RoomState, seq: u64) {
     });
 }
 
-/// The page of events after the end of a window of older history.
-async fn newer_page(st: RoomState) -> Result<Vec<ChatMessage>, String> {
-    let url = format!(
-        "/api/rooms/{}/messages?after={}&limit={}",
-        st.name(),
-        st.window_end.get_value(),
-        crate::protocol::MAX_PAGE
-    );
-    Ok(api::<HistoryPage, ()>("GET", &url, None).await?.messages)
+/// A page of a room's history (`url` says which): one function for every such read, so the
+/// client holds the code of one.
+async fn history(url: &str) -> Result<Vec<ChatMessage>, String> {
+    Ok(api::<HistoryPage, ()>("GET", url, None).await?.messages)
 }
 
 /// Shows the next page of history below a window of older history; the window joins the
 /// present when it reaches it.
 pub fn load_newer(session: Session, st: RoomState) {
-    leptos::task::spawn_local(async move {
-        match newer_page(st).await {
-            Ok(page) => st.append_newer(page),
-            Err(e) => session
-                .last_error
-                .set(Some(format!("could not load newer messages: {e}"))),
-        }
-    });
+    move_window(session, st, false);
 }
 
 /// Leaves a window of older history for the room's present: its latest page, then whatever
 /// arrived meanwhile, until what is shown reaches the cursor.
 pub fn to_present(session: Session, st: RoomState) {
+    move_window(session, st, true);
+}
+
+fn move_window(session: Session, st: RoomState, to_present: bool) {
     leptos::task::spawn_local(async move {
-        let failed = |e: String| {
-            session
-                .last_error
-                .set(Some(format!("could not load the latest messages: {e}")))
-        };
-        let url = format!(
-            "/api/rooms/{}/messages?limit={}",
-            st.name(),
-            crate::protocol::PAGE_HISTORY
-        );
-        match api::<HistoryPage, ()>("GET", &url, None).await {
-            Ok(page) => st.show(page.messages, true),
-            Err(e) => return failed(e),
-        }
-        // Events that came live while the page was on its way were not shown: read them.
-        while st.detached.get_untracked() {
-            match newer_page(st).await {
+        let room = st.name();
+        let mut latest = to_present;
+        loop {
+            let url = if latest {
+                format!(
+                    "/api/rooms/{room}/messages?limit={}",
+                    crate::protocol::PAGE_HISTORY
+                )
+            } else {
+                format!(
+                    "/api/rooms/{room}/messages?after={}&limit={}",
+                    st.window_end.get_untracked(),
+                    crate::protocol::MAX_PAGE
+                )
+            };
+            match history(&url).await {
+                Ok(page) if latest => st.show(page, true),
                 // Nothing stored after what is shown: the present is shown.
                 Ok(page) if page.is_empty() => st.detached.set(false),
                 Ok(page) => st.append_newer(page),
-                Err(e) => return failed(e),
+                Err(e) => {
+                    session
+                        .last_error
+                        .set(Some(format!("could not load messages: {e}")));
+                    return;
+                }
+            }
+            latest = false;
+            // Going to the present, events that came live while a page was on its way were not
+            // shown: read on until what is shown reaches the cursor.
+            if !to_present || !st.detached.get_untracked() {
+                break;
             }
         }
-        st.at_bottom.set(true);
-        st.unseen.set(0);
+        if to_present {
+            st.at_bottom.set(true);
+            st.unseen.set(0);
+        }
     });
 }
 

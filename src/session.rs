@@ -309,9 +309,11 @@ pub struct RoomState {
     pub detached: RwSignal<bool>,
     /// The last seq a window of older history has read up to (what it shows, and the changes
     /// to messages it does not show as rows).
-    pub window_end: StoredValue<u64>,
-    /// The room's people, once the composer needed them to complete an `@name`.
-    pub people: RwSignal<Option<Vec<crate::protocol::MemberInfo>>>,
+    pub window_end: RwSignal<u64>,
+    /// The room's people, once the composer needed them to complete an `@name` (and whether
+    /// they were asked for). Signal types the client has anyway: each new one costs it size.
+    pub people: RwSignal<Vec<crate::protocol::MemberInfo>>,
+    pub people_asked: RwSignal<bool>,
 }
 
 impl RoomState {
@@ -335,8 +337,9 @@ impl RoomState {
             focus: RwSignal::new(None),
             uploads: RwSignal::new(Vec::new()),
             detached: RwSignal::new(false),
-            window_end: StoredValue::new(0),
-            people: RwSignal::new(None),
+            window_end: RwSignal::new(0),
+            people: RwSignal::new(Vec::new()),
+            people_asked: RwSignal::new(false),
         }
     }
 
@@ -500,7 +503,7 @@ impl RoomState {
     /// Shows `page` (a stretch of history, oldest first) in place of what is shown, as a window
     /// apart from the present when `detached`; the user's pending sends stay at the end.
     pub fn show(&self, page: Vec<ChatMessage>, detached: bool) {
-        self.window_end.set_value(page.last().map_or(0, |m| m.seq));
+        self.window_end.set(page.last().map_or(0, |m| m.seq));
         self.has_older
             .set(page.first().is_some_and(|m| m.seq > 1) && page.len() >= PAGE_HISTORY);
         self.messages.update(|list| {
@@ -522,8 +525,8 @@ impl RoomState {
         let end = newer
             .last()
             .map_or(0, |m| m.seq)
-            .max(self.window_end.get_value());
-        self.window_end.set_value(end);
+            .max(self.window_end.get_untracked());
+        self.window_end.set(end);
         self.messages.update(|list| {
             let last = list.iter().filter_map(|e| e.seq).max().unwrap_or(0);
             let at = list

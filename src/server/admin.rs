@@ -281,7 +281,7 @@ pub async fn admin_page(
         StatusCode::OK,
         "Admin",
         "admin",
-        "",
+        "<link rel=\"stylesheet\" href=\"/admin.css\"/>",
         |csrf| {
             let user_rows: String = users
                 .iter()
