@@ -1153,10 +1153,8 @@ fn search_soon(
             }
             leptos::task::spawn_local(async move {
                 let url = format!("/api/search?q={}", crate::client::encode(&asked));
-                match crate::client::api::<crate::protocol::api::SearchAnswer, ()>(
-                    "GET", &url, None,
-                )
-                .await
+                match crate::client::api::<crate::protocol::api::SearchAnswer>("GET", &url, None)
+                    .await
                 {
                     Ok(a) if query.get_untracked() == asked => {
                         error.set(None);
@@ -1187,8 +1185,7 @@ fn search_more(
             "/api/search?q={}&before={before}",
             crate::client::encode(&asked)
         );
-        match crate::client::api::<crate::protocol::api::SearchAnswer, ()>("GET", &url, None).await
-        {
+        match crate::client::api::<crate::protocol::api::SearchAnswer>("GET", &url, None).await {
             Ok(a) => hits.update(|(h, next)| {
                 h.extend(a.hits);
                 *next = a.next;
@@ -1420,7 +1417,7 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
             #[cfg(feature = "hydrate")]
             leptos::task::spawn_local(async move {
                 let url = format!("/api/rooms/{_room}");
-                match crate::client::api::<RoomDetail, ()>("GET", &url, None).await {
+                match crate::client::api::<RoomDetail>("GET", &url, None).await {
                     Ok(detail) => members.set(detail.members),
                     Err(e) => note.set(Some(e)),
                 }
@@ -1465,7 +1462,7 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
                     username: _who.clone(),
                 };
                 let url = format!("/api/rooms/{_room}/members");
-                match crate::client::api_do("POST", &url, Some(&body)).await {
+                match crate::client::api_do("POST", &url, crate::client::json(&body)).await {
                     Ok(_) => {
                         invitee.set(String::new());
                         note.set(Some(format!("Added @{_who}.")));
@@ -1483,7 +1480,7 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
             #[cfg(feature = "hydrate")]
             leptos::task::spawn_local(async move {
                 let url = format!("/api/rooms/{_room}/leave");
-                if let Err(e) = crate::client::api_do("POST", &url, crate::client::NO_BODY).await {
+                if let Err(e) = crate::client::api_do("POST", &url, None).await {
                     note.set(Some(e));
                 }
             });
@@ -1513,7 +1510,7 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
                         },
                     };
                     let url = format!("/api/rooms/{_room}");
-                    match crate::client::api_do("PATCH", &url, Some(&body)).await {
+                    match crate::client::api_do("PATCH", &url, crate::client::json(&body)).await {
                         Ok(_) => note.set(Some("Saved.".to_owned())),
                         Err(e) => note.set(Some(e)),
                     }
@@ -1542,7 +1539,9 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
                             ..Default::default()
                         };
                         let url = format!("/api/rooms/{_room}");
-                        if let Err(e) = crate::client::api_do("PATCH", &url, Some(&body)).await {
+                        if let Err(e) =
+                            crate::client::api_do("PATCH", &url, crate::client::json(&body)).await
+                        {
                             note.set(Some(e));
                         }
                     });
@@ -1560,7 +1559,7 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
             #[cfg(feature = "hydrate")]
             leptos::task::spawn_local(async move {
                 let url = format!("/api/rooms/{_room}/members/{who}");
-                match crate::client::api_do("DELETE", &url, crate::client::NO_BODY).await {
+                match crate::client::api_do("DELETE", &url, None).await {
                     Ok(_) => _reload(),
                     Err(e) => note.set(Some(e)),
                 }
@@ -1576,7 +1575,9 @@ fn MembersPanel(session: Session, room: String) -> impl IntoView {
             let body = OpenDm {
                 usernames: vec![who],
             };
-            match crate::client::api::<RoomAnswer, _>("POST", "/api/dms", Some(&body)).await {
+            match crate::client::api::<RoomAnswer>("POST", "/api/dms", crate::client::json(&body))
+                .await
+            {
                 Ok(RoomAnswer { room: info }) => {
                     let name = info.name.clone();
                     session.upsert_room(info);
@@ -1677,7 +1678,7 @@ fn Dialogs(session: Session, nav: Nav) -> impl IntoView {
             #[cfg(feature = "hydrate")]
             leptos::task::spawn_local(async move {
                 let url = "/api/rooms?public=true";
-                match crate::client::api::<RoomsAnswer, ()>("GET", url, None).await {
+                match crate::client::api::<RoomsAnswer>("GET", url, None).await {
                     Ok(list) => public.set(list.rooms),
                     Err(e) => error.set(Some(e)),
                 }
@@ -1703,7 +1704,12 @@ fn Dialogs(session: Session, nav: Nav) -> impl IntoView {
             let _go = go;
             #[cfg(feature = "hydrate")]
             leptos::task::spawn_local(async move {
-                match crate::client::api::<RoomAnswer, _>("POST", "/api/rooms", Some(&_body)).await
+                match crate::client::api::<RoomAnswer>(
+                    "POST",
+                    "/api/rooms",
+                    crate::client::json(&_body),
+                )
+                .await
                 {
                     Ok(RoomAnswer { room: info }) => {
                         let name = info.name.clone();
@@ -1731,7 +1737,13 @@ fn Dialogs(session: Session, nav: Nav) -> impl IntoView {
             let _go = go;
             #[cfg(feature = "hydrate")]
             leptos::task::spawn_local(async move {
-                match crate::client::api::<RoomAnswer, _>("POST", "/api/dms", Some(&_body)).await {
+                match crate::client::api::<RoomAnswer>(
+                    "POST",
+                    "/api/dms",
+                    crate::client::json(&_body),
+                )
+                .await
+                {
                     Ok(RoomAnswer { room: info }) => {
                         let name = info.name.clone();
                         session.upsert_room(info);
@@ -1749,7 +1761,7 @@ fn Dialogs(session: Session, nav: Nav) -> impl IntoView {
             #[cfg(feature = "hydrate")]
             leptos::task::spawn_local(async move {
                 let url = format!("/api/rooms/{room}/join");
-                match crate::client::api::<RoomAnswer, ()>("POST", &url, None).await {
+                match crate::client::api::<RoomAnswer>("POST", &url, None).await {
                     Ok(RoomAnswer { room: info }) => {
                         session.upsert_room(info);
                         _go(room);

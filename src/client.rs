@@ -1045,7 +1045,7 @@ fn load_room(session: Session, st: RoomState) {
         crate::protocol::PAGE_HISTORY
     );
     leptos::task::spawn_local(async move {
-        match request("GET", &url, NO_BODY).await {
+        match request("GET", &url, None).await {
             Ok(text) => {
                 let Ok(p) = serde_json::from_str::<HistoryPage>(&text) else {
                     session
@@ -1130,7 +1130,7 @@ pub fn load_people(st: RoomState) {
     st.people_asked.set(true);
     leptos::task::spawn_local(async move {
         let url = format!("/api/rooms/{}", st.name());
-        match api::<crate::protocol::api::RoomDetail, ()>("GET", &url, None).await {
+        match api::<crate::protocol::api::RoomDetail>("GET", &url, None).await {
             Ok(detail) => st.people.set(detail.members),
             // Asked again at the next `@`.
             Err(_) => st.people_asked.set(false),
@@ -1209,7 +1209,7 @@ pub fn reveal(session: Session, st: RoomState, seq: u64) {
 /// A page of a room's history (`url` says which): one function for every such read, so the
 /// client holds the code of one.
 async fn history(url: &str) -> Result<Vec<ChatMessage>, String> {
-    Ok(api::<HistoryPage, ()>("GET", url, None).await?.messages)
+    Ok(api::<HistoryPage>("GET", url, None).await?.messages)
 }
 
 /// Shows the next page of history below a window of older history; the window joins the
@@ -1269,11 +1269,7 @@ fn move_window(session: Session, st: RoomState, to_present: bool) {
 
 /// A JSON request to the API with the page's cookie (the browser adds the Origin), with `body`
 /// serialised as JSON when given: the answer's body, or the server's error message.
-async fn request<B: Serialize>(
-    method: &str,
-    url: &str,
-    body: Option<&B>,
-) -> Result<String, (u16, String)> {
+async fn request(method: &str, url: &str, body: Option<String>) -> Result<String, (u16, String)> {
     use gloo_net::http::Request;
     let req = match method {
         "PATCH" => Request::patch(url),
@@ -1283,7 +1279,13 @@ async fn request<B: Serialize>(
         _ => Request::post(url),
     };
     let resp = match body {
-        Some(b) => req.json(b).map_err(|e| (0, e.to_string()))?.send().await,
+        Some(b) => {
+            req.header("Content-Type", "application/json")
+                .body(b)
+                .map_err(|e| (0, e.to_string()))?
+                .send()
+                .await
+        }
         None => req.send().await,
     }
     .map_err(|e| (0, e.to_string()))?;
@@ -1298,23 +1300,28 @@ async fn request<B: Serialize>(
     }
 }
 
+/// A request's JSON body. Bodies are made before the request, and answers read after it, so
+/// the request's code is in the client once, not once for each type of body and answer.
+pub fn json<B: Serialize>(body: &B) -> Option<String> {
+    serde_json::to_string(body).ok()
+}
+
 /// An API call whose answer is JSON of type `T`.
-pub async fn api<T: DeserializeOwned, B: Serialize>(
+pub async fn api<T: DeserializeOwned>(
     method: &str,
     url: &str,
-    body: Option<&B>,
+    body: Option<String>,
 ) -> Result<T, String> {
-    let text = request(method, url, body).await.map_err(|(_, e)| e)?;
+    let text = api_text(method, url, body).await?;
     serde_json::from_str(&text).map_err(|e| format!("unexpected answer: {e}"))
 }
 
-/// An API call whose answer carries nothing the caller needs.
-pub async fn api_do<B: Serialize>(method: &str, url: &str, body: Option<&B>) -> Result<(), String> {
-    request(method, url, body)
-        .await
-        .map(|_| ())
-        .map_err(|(_, e)| e)
+/// An API call's answer as text, or the server's message.
+async fn api_text(method: &str, url: &str, body: Option<String>) -> Result<String, String> {
+    request(method, url, body).await.map_err(|(_, e)| e)
 }
 
-/// The body of a call that sends none.
-pub const NO_BODY: Option<&()> = None;
+/// An API call whose answer carries nothing the caller needs.
+pub async fn api_do(method: &str, url: &str, body: Option<String>) -> Result<(), String> {
+    api_text(method, url, body).await.map(|_| ())
+}
