@@ -393,7 +393,7 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
             Some(prev) if len > prev => {
                 if st.at_bottom.get_untracked() {
                     scroll_to_bottom(list_ref);
-                } else if !st.detached.get_untracked() {
+                } else {
                     st.unseen.update(|n| *n += len - prev);
                 }
             }
@@ -440,11 +440,6 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
             st.draft.set(String::new());
             return;
         }
-        // Said in the present: a window of older history gives way to it.
-        #[cfg(feature = "hydrate")]
-        if st.detached.get_untracked() {
-            crate::client::to_present(session, st);
-        }
         #[cfg(feature = "hydrate")]
         crate::client::send(session, st, body);
         st.draft.set(String::new());
@@ -480,26 +475,19 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                 .collect()
         })
     };
+    // The name picked in place of what was typed of it, and a space after it.
     let complete = move |username: String| {
         let Some(at) = mention.get_untracked() else {
             return;
         };
-        let at = at as usize;
-        let caret = at + 1 + typed.with_untracked(String::len);
-        let (text, caret) =
-            crate::markup::complete_mention(&st.draft.get_untracked(), at, caret, &username);
-        // The caret goes to the end of the new text, after the name.
-        let _ = caret;
-        st.draft.set(text);
+        st.draft.update(|d| {
+            d.truncate(at as usize);
+            d.push('@');
+            d.push_str(&username);
+            d.push(' ');
+        });
         mention.set(None);
     };
-    // The composer says which list it controls and which name is picked, while names are
-    // offered (set here rather than as reactive attributes: cheaper for the client's size).
-    #[cfg(feature = "hydrate")]
-    Effect::new(move |_| {
-        let open = !candidates().is_empty();
-        crate::client::point_composer(open.then(|| pick.get()));
-    });
     // Esc leaves a reply or an edit; Up in an empty composer edits the user's last message.
     // While names are offered, Up and Down choose, Enter or Tab takes one, Esc closes them.
     let composer_keys = move |ev: leptos::ev::KeyboardEvent| {
@@ -729,37 +717,23 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                             children=move |e: Entry| entry_view(session, st, e)
                         />
                     </ol>
-                    {move || st.detached.get().then(|| view! {
-                        <button class="older" on:click=click(move |_| {
-                            #[cfg(feature = "hydrate")]
-                            crate::client::load_newer(session, st);
-                        })>"Show newer messages"</button>
-                    })}
                 </div>
                 <Show when=move || members_open.get()>
                     <MembersPanel session room=room.clone()/>
                 </Show>
             </div>
-            // One marker for both: a window of older history (back to the present), or new
-            // messages below while the reader is scrolled up.
-            <Show when=move || { st.detached.get() || st.unseen.get() > 0 }>
+            <Show when=move || { st.unseen.get() > 0 }>
                 <button
                     class="new-marker"
                     on:click=click(move |_| {
-                        if st.detached.get_untracked() {
-                            #[cfg(feature = "hydrate")]
-                            crate::client::to_present(session, st);
-                            return;
-                        }
                         st.at_bottom.set(true);
                         st.unseen.set(0);
                         scroll_to_bottom(list_ref);
                     })
                 >
-                    {move || match st.unseen.get() {
-                        _ if st.detached.get() => "Older messages are shown. Jump to the present ↓".to_owned(),
-                        1 => "1 new message ↓".to_owned(),
-                        n => format!("{n} new messages ↓"),
+                    {move || {
+                        let n = st.unseen.get();
+                        if n == 1 { "1 new message ↓".to_owned() } else { format!("{n} new messages ↓") }
                     }}
                 </button>
             </Show>
@@ -795,33 +769,29 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                     })>"Cancel"</button>
                 </div>
             </Show>
-            {move || {
-                let offered = candidates();
-                (!offered.is_empty()).then(|| view! {
-                <ul class="mention-pick" role="listbox" id="mention-pick" aria-label="People to mention">
-                    {offered.into_iter().enumerate().map(|(i, p)| {
-                        let chosen = i == pick.get();
-                        let username = p.username.clone();
-                        view! {
-                            <li
-                                role="option"
-                                id=format!("mention-{i}")
-                                aria-selected=chosen.to_string()
-                                class:current=chosen
-                                on:click=click(move |_| {
-                                    complete(username.clone());
-                                    focus_composer();
-                                })
-                            >
-                                <span class="author">{p.display_name}</span>
-                                " "
-                                <span class="handle">"@"{p.username}</span>
-                            </li>
-                        }
-                    }).collect_view()}
-                </ul>
-                })
-            }}
+            // The names offered for an `@name` being typed (empty, and not shown, otherwise).
+            <ul class="mention-pick" role="listbox" id="mention-pick" aria-label="People to mention">
+                {move || candidates().into_iter().enumerate().map(|(i, p)| {
+                    let chosen = i == pick.get();
+                    let username = p.username.clone();
+                    view! {
+                        <li
+                            role="option"
+                            id=format!("mention-{i}")
+                            aria-selected=chosen.to_string()
+                            class:current=chosen
+                            on:click=click(move |_| {
+                                complete(username.clone());
+                                focus_composer();
+                            })
+                        >
+                            <span class="author">{p.display_name}</span>
+                            " "
+                            <span class="handle">"@"{p.username}</span>
+                        </li>
+                    }
+                }).collect_view()}
+            </ul>
             <form
                 class="composer"
                 class:signed-in=signed_in
@@ -853,6 +823,7 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                     placeholder="Message (Enter sends, Shift+Enter for a new line)"
                     maxlength="4000"
                     aria-autocomplete="list"
+                    aria-controls="mention-pick"
                     prop:value=move || st.draft.get()
                     on:input=move |ev| {
                         let text = event_target_value(&ev);
@@ -864,7 +835,7 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                         {
                             // Names are offered for an `@name` at the end of the text, where
                             // one is typed.
-                            match crate::markup::mention_at(&text, text.len()) {
+                            match crate::markup::mention_at_end(&text) {
                                 Some((at, name)) => {
                                     if !st.people_asked.get_untracked() {
                                         crate::client::load_people(st);

@@ -1107,24 +1107,6 @@ async fn older_page(st: RoomState) -> Result<(), String> {
     Ok(())
 }
 
-/// Points the composer at the list of names it offers (`aria-controls`) and at the picked one
-/// (`aria-activedescendant`), or at nothing when no list is shown.
-pub fn point_composer(picked: Option<usize>) {
-    let Some(el) = document().query_selector("textarea.body").ok().flatten() else {
-        return;
-    };
-    match picked {
-        Some(i) => {
-            let _ = el.set_attribute("aria-controls", "mention-pick");
-            let _ = el.set_attribute("aria-activedescendant", &format!("mention-{i}"));
-        }
-        None => {
-            let _ = el.remove_attribute("aria-controls");
-            let _ = el.remove_attribute("aria-activedescendant");
-        }
-    }
-}
-
 /// Reads the room's people once, for the composer to complete `@names` with.
 pub fn load_people(st: RoomState) {
     st.people_asked.set(true);
@@ -1138,15 +1120,11 @@ pub fn load_people(st: RoomState) {
     });
 }
 
-/// Most pages of history read upwards to bring one message into view; one further back is
-/// shown in a window of its own.
-const REVEAL_PAGES: usize = 3;
-/// Events shown before a revealed message in its window (the page holds about as many after).
-const CONTEXT: u64 = 25;
+/// Most pages of history read to bring one message into view.
+const REVEAL_PAGES: usize = 25;
 
-/// Brings message `seq` of the room into view and marks it a moment. A message a few pages up
-/// is reached by reading the history above; one further back is shown with its context around
-/// it, in a window apart from the present ("Jump to the present" comes back).
+/// Brings message `seq` of the room into view and marks it a moment, reading older history
+/// until it is loaded (up to [`REVEAL_PAGES`] pages of 200).
 pub fn reveal(session: Session, st: RoomState, seq: u64) {
     leptos::task::spawn_local(async move {
         let loaded = |st: RoomState| {
@@ -1168,25 +1146,11 @@ pub fn reveal(session: Session, st: RoomState, seq: u64) {
                 break;
             }
         }
-        if !loaded(st) {
-            let url = format!(
-                "/api/rooms/{}/messages?before={}&limit={}",
-                st.name(),
-                seq + CONTEXT,
-                2 * CONTEXT
-            );
-            match history(&url).await {
-                Ok(page) => st.show(page, true),
-                Err(e) => session
-                    .last_error
-                    .set(Some(format!("could not load the message: {e}"))),
-            }
-        }
         st.focus.set(None);
         if !loaded(st) {
-            session
-                .last_error
-                .set(Some("That message is no longer there.".to_owned()));
+            session.last_error.set(Some(
+                "That message is too far back to show here.".to_owned(),
+            ));
             return;
         }
         st.at_bottom.set(false);
@@ -1210,61 +1174,6 @@ pub fn reveal(session: Session, st: RoomState, seq: u64) {
 /// client holds the code of one.
 async fn history(url: &str) -> Result<Vec<ChatMessage>, String> {
     Ok(api::<HistoryPage>("GET", url, None).await?.messages)
-}
-
-/// Shows the next page of history below a window of older history; the window joins the
-/// present when it reaches it.
-pub fn load_newer(session: Session, st: RoomState) {
-    move_window(session, st, false);
-}
-
-/// Leaves a window of older history for the room's present: its latest page, then whatever
-/// arrived meanwhile, until what is shown reaches the cursor.
-pub fn to_present(session: Session, st: RoomState) {
-    move_window(session, st, true);
-}
-
-fn move_window(session: Session, st: RoomState, to_present: bool) {
-    leptos::task::spawn_local(async move {
-        let room = st.name();
-        let mut latest = to_present;
-        loop {
-            let url = if latest {
-                format!(
-                    "/api/rooms/{room}/messages?limit={}",
-                    crate::protocol::PAGE_HISTORY
-                )
-            } else {
-                format!(
-                    "/api/rooms/{room}/messages?after={}&limit={}",
-                    st.window_end.get_untracked(),
-                    crate::protocol::MAX_PAGE
-                )
-            };
-            match history(&url).await {
-                Ok(page) if latest => st.show(page, true),
-                // Nothing stored after what is shown: the present is shown.
-                Ok(page) if page.is_empty() => st.detached.set(false),
-                Ok(page) => st.append_newer(page),
-                Err(e) => {
-                    session
-                        .last_error
-                        .set(Some(format!("could not load messages: {e}")));
-                    return;
-                }
-            }
-            latest = false;
-            // Going to the present, events that came live while a page was on its way were not
-            // shown: read on until what is shown reaches the cursor.
-            if !to_present || !st.detached.get_untracked() {
-                break;
-            }
-        }
-        if to_present {
-            st.at_bottom.set(true);
-            st.unseen.set(0);
-        }
-    });
 }
 
 /// A JSON request to the API with the page's cookie (the browser adds the Origin), with `body`

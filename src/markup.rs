@@ -231,19 +231,17 @@ pub fn plain(text: &str) -> String {
     inline(text).into_iter().map(|s| s.text).collect()
 }
 
-/// The `@name` being typed where the caret is (`caret`: a byte offset in `text`): where its
-/// `@` is, and what follows it up to the caret. `None` when the caret is not in one (an `@`
-/// inside a word, as in an e-mail address, starts none).
-pub fn mention_at(text: &str, caret: usize) -> Option<(usize, &str)> {
-    let caret = caret.min(text.len());
-    let before = text.get(..caret)?;
-    let at = before.rfind('@')?;
-    let typed = &before[at + 1..];
+/// The `@name` being typed at the end of `text`: where its `@` is, and what follows it. `None`
+/// when the text does not end in one (an `@` inside a word, as in an e-mail address, starts
+/// none).
+pub fn mention_at_end(text: &str) -> Option<(usize, &str)> {
+    let at = text.rfind('@')?;
+    let typed = &text[at + 1..];
     let handle = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
     if typed.len() > 32 || !typed.chars().all(handle) {
         return None;
     }
-    if before[..at]
+    if text[..at]
         .chars()
         .next_back()
         .is_some_and(|c| handle(c) || c == '@')
@@ -251,19 +249,6 @@ pub fn mention_at(text: &str, caret: usize) -> Option<(usize, &str)> {
         return None;
     }
     Some((at, typed))
-}
-
-/// `text` with the `@name` that starts at `at` and runs to `caret` replaced by `@username` and
-/// a space, and where the caret goes after it.
-pub fn complete_mention(text: &str, at: usize, caret: usize, username: &str) -> (String, usize) {
-    let caret = caret.min(text.len()).max(at);
-    let rest = &text[caret..];
-    // The rest of a name the caret was inside goes too.
-    let rest = rest.trim_start_matches(|c: char| c.is_ascii_alphanumeric() || "._-".contains(c));
-    let rest = rest.strip_prefix(' ').unwrap_or(rest);
-    let done = format!("{}@{username} ", &text[..at]);
-    let caret = done.len();
-    (format!("{done}{rest}"), caret)
 }
 
 fn is_word(c: char) -> bool {
@@ -380,27 +365,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_name_being_typed_is_found_and_completed() {
-        assert_eq!(mention_at("hi @an", 6), Some((3, "an")));
-        assert_eq!(mention_at("@", 1), Some((0, "")));
-        assert_eq!(mention_at("hi @an and", 10), None, "past the name");
-        assert_eq!(mention_at("mail ann@example", 16), None, "inside a word");
-        assert_eq!(mention_at("no at sign", 5), None);
-        assert_eq!(mention_at("@ann.b", 6), Some((0, "ann.b")));
-        assert_eq!(mention_at("ü @a", 6), Some((3, "a")), "byte offsets");
-        assert_eq!(mention_at("@a", 99), Some((0, "a")), "a caret past the end");
-        assert_eq!(
-            complete_mention("hi @an", 3, 6, "ann"),
-            ("hi @ann ".to_owned(), 8)
-        );
-        assert_eq!(
-            complete_mention("hi @an there", 3, 6, "ann"),
-            ("hi @ann there".to_owned(), 8)
-        );
-        assert_eq!(
-            complete_mention("@a!", 0, 2, "alice"),
-            ("@alice !".to_owned(), 7)
-        );
+    fn the_name_being_typed_is_found() {
+        assert_eq!(mention_at_end("hi @an"), Some((3, "an")));
+        assert_eq!(mention_at_end("@"), Some((0, "")));
+        assert_eq!(mention_at_end("hi @an and"), None, "past the name");
+        assert_eq!(mention_at_end("mail ann@example"), None, "inside a word");
+        assert_eq!(mention_at_end("no at sign"), None);
+        assert_eq!(mention_at_end("@ann.b"), Some((0, "ann.b")));
+        assert_eq!(mention_at_end("ü @a"), Some((3, "a")), "byte offsets");
+        assert_eq!(mention_at_end("@@a"), None);
     }
 
     fn plain(s: &str) -> Span {

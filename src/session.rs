@@ -303,13 +303,6 @@ pub struct RoomState {
     pub focus: RwSignal<Option<u64>>,
     /// Files being uploaded to the room from this tab.
     pub uploads: RwSignal<Vec<Upload>>,
-    /// The list shows a stretch of older history around a message (a search result, a reply's
-    /// original) rather than the room's present: live events move the cursor but are not
-    /// shown until the reader comes back to the present.
-    pub detached: RwSignal<bool>,
-    /// The last seq a window of older history has read up to (what it shows, and the changes
-    /// to messages it does not show as rows).
-    pub window_end: RwSignal<u64>,
     /// The room's people, once the composer needed them to complete an `@name` (and whether
     /// they were asked for). Signal types the client has anyway: each new one costs it size.
     pub people: RwSignal<Vec<crate::protocol::MemberInfo>>,
@@ -336,8 +329,6 @@ impl RoomState {
             typing: RwSignal::new(Vec::new()),
             focus: RwSignal::new(None),
             uploads: RwSignal::new(Vec::new()),
-            detached: RwSignal::new(false),
-            window_end: RwSignal::new(0),
             people: RwSignal::new(Vec::new()),
             people_asked: RwSignal::new(false),
         }
@@ -444,10 +435,6 @@ impl RoomState {
             self.change(&m);
             return true;
         }
-        if self.detached.get_untracked() {
-            // Shown when the reader comes back to the present; only its place is kept.
-            return true;
-        }
         if m.is_message() {
             // Their message is in: they stopped typing.
             if let Some(who) = &m.username {
@@ -498,51 +485,6 @@ impl RoomState {
             merged.append(list);
             *list = merged;
         });
-    }
-
-    /// Shows `page` (a stretch of history, oldest first) in place of what is shown, as a window
-    /// apart from the present when `detached`; the user's pending sends stay at the end.
-    pub fn show(&self, page: Vec<ChatMessage>, detached: bool) {
-        self.window_end.set(page.last().map_or(0, |m| m.seq));
-        self.has_older
-            .set(page.first().is_some_and(|m| m.seq > 1) && page.len() >= PAGE_HISTORY);
-        self.messages.update(|list| {
-            let pending: Vec<Entry> = list.drain(..).filter(|e| e.seq.is_none()).collect();
-            list.extend(
-                page.into_iter()
-                    .filter(|m| m.kind != EventKind::Other && !m.kind.changes_message())
-                    .map(Entry::from),
-            );
-            list.extend(pending);
-        });
-        self.detached.set(detached);
-        self.loaded.set(true);
-    }
-
-    /// Adds `newer` (the events after the window's end, oldest first) below what is shown, and
-    /// comes back to the present once the window reaches the cursor.
-    pub fn append_newer(&self, newer: Vec<ChatMessage>) {
-        let end = newer
-            .last()
-            .map_or(0, |m| m.seq)
-            .max(self.window_end.get_untracked());
-        self.window_end.set(end);
-        self.messages.update(|list| {
-            let last = list.iter().filter_map(|e| e.seq).max().unwrap_or(0);
-            let at = list
-                .iter()
-                .position(|e| e.seq.is_none())
-                .unwrap_or(list.len());
-            let added: Vec<Entry> = newer
-                .into_iter()
-                .filter(|m| m.seq > last && m.kind != EventKind::Other && !m.kind.changes_message())
-                .map(Entry::from)
-                .collect();
-            list.splice(at..at, added);
-        });
-        if end >= self.last_seq.get_untracked() {
-            self.detached.set(false);
-        }
     }
 
     /// The user's messages not yet stored, in the order they were typed.
