@@ -329,9 +329,15 @@ impl Metrics {
         self.frames_out[kind as usize].inc_by(n);
     }
 
-    /// Counts a socket's end, by its close code (`None`: the peer went away without one).
+    /// Counts a socket's end, by its close code (`None`: the peer went away without one). A
+    /// client may close with any code of the application range: those count as `other`, so
+    /// that no client can make series.
     pub fn closed(&self, code: Option<u16>) {
-        let code = code.map_or_else(|| "none".to_owned(), |c| c.to_string());
+        let code = match code {
+            None => "none".to_owned(),
+            Some(c @ (1000..=1015 | 4000..=4002)) => c.to_string(),
+            Some(_) => "other".to_owned(),
+        };
         self.closes.with_label_values(&[&code]).inc();
     }
 
@@ -418,6 +424,7 @@ mod tests {
         m.frame_in("send");
         m.frame_out(Out::Ack);
         m.closed(Some(1000));
+        m.closed(Some(4999));
         m.http("/api/rooms", "GET", 200, Duration::from_millis(3));
         m.pool("read", 3, 1);
         m.commit_seconds.observe(0.002);
@@ -429,6 +436,7 @@ mod tests {
             "hubbub_frames_out_total{type=\"ack\"}",
             "hubbub_frames_out_total{type=\"event\"}",
             "hubbub_closes_total{code=\"1000\"}",
+            "hubbub_closes_total{code=\"other\"}",
             "hubbub_http_requests_total{method=\"GET\",route=\"/api/rooms\",status=\"200\"}",
             "hubbub_http_request_duration_seconds_bucket{route=\"/api/rooms\",le=\"0.005\"}",
             "hubbub_db_pool_connections{pool=\"read\",state=\"idle\"} 3",
