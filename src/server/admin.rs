@@ -315,12 +315,12 @@ pub async fn admin_page(
                         String::new()
                     };
                     format!(
-                        "<tr data-user=\"{name}\"><td>@{name}</td><td>{}</td><td>{role}</td>\
-                         <td class=\"status-{status}\">{status}</td><td class=\"n\">{}</td>\
-                         <td>{}</td><td class=\"actions\">{toggle}{end}</td></tr>",
+                        "<tr data-user=\"{name}\"><td>{}<br/><span class=\"muted\">@{name}, joined {}</span></td>\
+                         <td>{role}<br/><span class=\"status-{status}\">{status}</span></td>\
+                         <td class=\"n\">{}</td><td class=\"actions\">{toggle}{end}</td></tr>",
                         esc(&u.display_name),
-                        a.sessions,
-                        when(a.created_at)
+                        when(a.created_at),
+                        a.sessions
                     )
                 })
                 .collect();
@@ -348,9 +348,9 @@ pub async fn admin_page(
                  <form method=\"get\" action=\"/admin\" class=\"filter\" role=\"search\">\
                  <label>Find <input name=\"q\" value=\"{}\" maxlength=\"64\"/></label>\
                  <button type=\"submit\">Find</button></form>\
-                 <div class=\"scroll\"><table><thead><tr><th scope=\"col\">Username</th><th scope=\"col\">Name</th>\
-                 <th scope=\"col\">Role</th><th scope=\"col\">Status</th><th scope=\"col\" class=\"n\">Sessions</th>\
-                 <th scope=\"col\">Joined</th><th scope=\"col\">Actions</th></tr></thead>\
+                 <div class=\"scroll\"><table class=\"accounts\"><thead><tr><th scope=\"col\">Account</th>\
+                 <th scope=\"col\">Role, status</th><th scope=\"col\" class=\"n\">Sessions</th>\
+                 <th scope=\"col\">Actions</th></tr></thead>\
                  <tbody>{user_rows}</tbody></table></div>{shown}</section>\
                  <section aria-labelledby=\"settings\"><h3 id=\"settings\">Settings</h3>\
                  <p class=\"muted\">As this node runs with them; passwords in URLs are redacted.</p>\
