@@ -878,7 +878,6 @@ fn ChatView(session: Session, st: RoomState) -> impl IntoView {
                             }
                             let _ = ev;
                         }/>
-                    "📎"
                 </label>
                 <button type="submit" class="send" disabled=move || !session.hydrated.get()>
                     {move || if st.editing.get().is_some() { "Save" } else { "Send" }}

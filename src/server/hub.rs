@@ -265,6 +265,52 @@ impl Hub {
         delivered
     }
 
+    /// Hands ephemeral payloads, each for the members of its rooms, as one delivery per member
+    /// holding every payload that concerns it (each once, in the order given): a burst of
+    /// changes (a hundred people coming online at once) costs a member one frame, not one per
+    /// change, and so cannot fill its queue. `encode` makes the delivery of a set of payloads;
+    /// members owed the same set share one. Returns how many members got a delivery.
+    pub fn publish_batched<T>(
+        &self,
+        items: &[(Vec<Arc<str>>, T)],
+        encode: impl Fn(&[&T]) -> Delivery,
+    ) -> usize {
+        let mut owed: HashMap<u64, (Arc<Queue>, Vec<usize>)> = HashMap::new();
+        {
+            let all = self.rooms();
+            for (i, (rooms, _)) in items.iter().enumerate() {
+                for members in rooms.iter().filter_map(|r| all.get(r)) {
+                    for (id, queue) in members {
+                        let (_, owed) = owed
+                            .entry(*id)
+                            .or_insert_with(|| (Arc::clone(queue), Vec::new()));
+                        if owed.last() != Some(&i) {
+                            owed.push(i);
+                        }
+                    }
+                }
+            }
+        }
+        let (max_len, max_bytes) = (self.inner.queue_len, self.inner.queue_bytes);
+        let mut encoded: HashMap<Vec<usize>, (Arc<Delivery>, usize)> = HashMap::new();
+        let mut delivered = 0;
+        for (queue, set) in owed.into_values() {
+            let (delivery, size) = encoded.entry(set).or_insert_with_key(|set| {
+                let payloads: Vec<&T> = set.iter().map(|&i| &items[i].1).collect();
+                let delivery = Arc::new(encode(&payloads));
+                let size = delivery.size();
+                (delivery, size)
+            });
+            if matches!(
+                queue.push(delivery, *size, max_len, max_bytes),
+                Pushed::Queued
+            ) {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
     /// Tells every member to re-read its rooms from storage (after deliveries were lost before
     /// they reached the hub).
     pub fn resync_all(&self) {
@@ -537,6 +583,50 @@ mod tests {
         assert!(a.try_recv().is_some() && a.try_recv().is_none());
         assert!(b.try_recv().is_some());
         assert!(c.try_recv().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_batch_reaches_each_member_once_with_what_concerns_it() {
+        let hub = Hub::new(4, 1 << 20);
+        let mut a = hub.subscribe();
+        let mut b = hub.subscribe();
+        let mut c = hub.subscribe();
+        let mut d = hub.subscribe();
+        a.join("general");
+        b.join("general");
+        b.join("x");
+        c.join("x");
+        d.join("elsewhere");
+        let rooms = |names: &[&str]| names.iter().map(|&n| Arc::from(n)).collect::<Vec<_>>();
+        // More changes than a queue holds: one delivery each all the same.
+        let mut items = vec![
+            (rooms(&["general"]), 1),
+            (rooms(&["x"]), 2),
+            (rooms(&["general", "x"]), 3),
+        ];
+        items.extend((10..20).map(|n| (rooms(&["general"]), n)));
+        let encodes = std::cell::Cell::new(0);
+        let delivered = hub.publish_batched(&items, |set| {
+            encodes.set(encodes.get() + 1);
+            let text: Vec<String> = set.iter().map(|n| n.to_string()).collect();
+            let mut d = delivery("", 0);
+            d.rich = Utf8Bytes::from(text.join(","));
+            d.ephemeral = true;
+            d
+        });
+        assert_eq!(delivered, 3);
+        // a, b and c are owed different sets: three frames encoded, none for d.
+        assert_eq!(encodes.get(), 3);
+        let body = |s: &mut Subscriber| match s.try_recv() {
+            Some(Event::Delivery(d)) => d.rich.to_string(),
+            other => panic!("expected a delivery, got {other:?}"),
+        };
+        assert_eq!(body(&mut a), "1,3,10,11,12,13,14,15,16,17,18,19");
+        assert_eq!(body(&mut b), "1,2,3,10,11,12,13,14,15,16,17,18,19");
+        assert_eq!(body(&mut c), "2,3");
+        for s in [&mut a, &mut b, &mut c, &mut d] {
+            assert!(s.try_recv().is_none());
+        }
     }
 
     #[tokio::test]

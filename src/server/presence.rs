@@ -274,20 +274,22 @@ impl Presence {
             });
         }
         let sent = out.len();
-        for (rooms, info) in out {
-            self.announce(&rooms, info);
-        }
+        self.announce(&out);
         sent
     }
 
-    /// Tells the sessions in `rooms` (each once) how `info`'s person is.
-    fn announce(&self, rooms: &[Arc<str>], info: PresenceInfo) {
-        let frame = ServerFrame::Presence(PresenceUpdate {
-            room: None,
-            users: vec![info],
-        });
-        self.hub.publish_to_rooms(
-            rooms,
+    /// Tells the sessions in each change's rooms how its person is: one frame per session with
+    /// every change it shares a room with.
+    fn announce(&self, changes: &[(Vec<Arc<str>>, PresenceInfo)]) {
+        if changes.is_empty() {
+            return;
+        }
+        let at = std::time::Instant::now();
+        self.hub.publish_batched(changes, |infos| {
+            let frame = ServerFrame::Presence(PresenceUpdate {
+                room: None,
+                users: infos.iter().map(|&i| i.clone()).collect(),
+            });
             Delivery {
                 room: Arc::from(""),
                 seq: 0,
@@ -295,9 +297,9 @@ impl Presence {
                 classic: Utf8Bytes::default(),
                 personal: None,
                 ephemeral: true,
-                at: std::time::Instant::now(),
-            },
-        );
+                at,
+            }
+        });
     }
 
     /// Takes what another node says of its people (`full`: all of them; whoever it no longer
@@ -491,8 +493,8 @@ impl Drop for Session {
             })
             .flatten();
         drop(st);
-        if let Some((rooms, info)) = gone {
-            self.presence.announce(&rooms, info);
+        if let Some(gone) = gone {
+            self.presence.announce(&[gone]);
         }
         if last_here && self.presence.bus.enabled() {
             // The other nodes hear of it now, too.

@@ -823,6 +823,46 @@ async fn classic_clients_see_messages_only() {
 }
 
 #[tokio::test]
+async fn many_people_coming_online_at_once_reach_a_room_mate_in_a_few_frames_none_lost() {
+    use futures_util::StreamExt;
+    let app = spawn_secure_app().await;
+    let bob = app.sign_up("bob", "Bob").await;
+    let mut people = Vec::new();
+    for i in 0..24 {
+        people.push(app.sign_up(&format!("p{i:02}"), "P").await);
+    }
+    let (mut b, rooms) = bob.socket(&app, &[]).await;
+    settle(&mut b, rooms.len()).await;
+    // Everyone opens a tab at once (all are in general with Bob).
+    let sockets = futures_util::future::join_all(people.iter().map(|p| p.socket(&app, &[]))).await;
+    let mut heard = std::collections::BTreeSet::new();
+    let mut frames = 0;
+    tokio::time::timeout(WAIT, async {
+        while heard.len() < people.len() {
+            let Some(Ok(Message::Text(t))) = b.next().await else {
+                continue;
+            };
+            if let Ok(ServerFrame::Presence(PresenceUpdate { room: None, users })) =
+                serde_json::from_str::<ServerFrame>(&t)
+            {
+                frames += 1;
+                heard.extend(
+                    users
+                        .into_iter()
+                        .filter(|u| u.status == Status::Active && u.username.starts_with('p'))
+                        .map(|u| u.username),
+                );
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("heard {} of 24 come online", heard.len()));
+    // The changes of each second come together: far fewer frames than people.
+    assert!(frames <= 8, "24 people came online in {frames} frames");
+    drop(sockets);
+}
+
+#[tokio::test]
 async fn presence_changes_are_coalesced_per_person_and_a_vanished_client_goes_offline_by_heartbeat()
 {
     use futures_util::{SinkExt, StreamExt};
