@@ -160,6 +160,13 @@ if many or one:
             + " | ".join(fmt(med([r["latency_ms"][q] for r in rs]), ".1f") for q in ("p50", "p99", "max"))
             + f" | {fmt(med([r['cpu_us_per_delivery'] for r in rs]), '.2f')} |"
         )
+    settled = [r["settle"] for r in many if r.get("settle")]
+    if settled:
+        out += ["", "Not timed: while the 1,000 accounts connect, each client receives the presence of "
+                f"everyone who comes online (all are in `general`): {med([s['frames_per_client'] for s in settled]):,.0f} "
+                f"frames, {med([s['bytes_per_client'] for s in settled]) / 1024:,.1f} KiB per client, read "
+                f"until quiet {med([s['secs'] for s in settled]):.1f} s after the last connect. The run "
+                "starts after that."]
     out.append("")
 
 # Typing and presence beside the messages

@@ -780,8 +780,25 @@ async fn main() -> std::process::ExitCode {
         eprintln!("hubbub-loadgen: only {} connections opened", sockets.len());
         return std::process::ExitCode::FAILURE;
     }
-    // Let the server settle, then read its idle memory.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Read what the server sent while the others connected (with accounts: the presence of
+    // everyone who came online, flushed once a second) until every socket has been quiet for
+    // longer than a presence flush: the run then measures the steady state, as a browser that
+    // reads all along would see it, and the connect storm is reported apart.
+    let settle_started = Instant::now();
+    let quiet = Duration::from_millis(1500);
+    let settled = futures_util::future::join_all(sockets.iter_mut().map(|ws| async move {
+        let (mut frames, mut bytes) = (0u64, 0u64);
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(quiet, ws.next()).await {
+            frames += 1;
+            bytes += m.len() as u64;
+        }
+        (frames, bytes)
+    }))
+    .await;
+    // Less the quiet wait that ended it.
+    let settle_secs = (settle_started.elapsed().as_secs_f64() - quiet.as_secs_f64()).max(0.0);
+    let settle_frames = settled.iter().map(|s| s.0).sum::<u64>() as f64 / sockets.len() as f64;
+    let settle_bytes = settled.iter().map(|s| s.1).sum::<u64>() as f64 / sockets.len() as f64;
     let idle = args.server_pid.and_then(proc_stats);
 
     let start = Instant::now();
@@ -901,6 +918,10 @@ async fn main() -> std::process::ExitCode {
         args.clients
     );
     println!(
+        "  settling         {settle_secs:.2} s after the last connect; {settle_frames:.0} frames ({:.1} KiB) per client before the run",
+        settle_bytes / 1024.0
+    );
+    println!(
         "  handshake ms     p50 {:.2}  p99 {:.2}  max {:.2}  ({handshakes_per_sec:.0} handshakes/s, {} at a time)",
         percentile(&handshakes, 0.5),
         percentile(&handshakes, 0.99),
@@ -969,6 +990,7 @@ async fn main() -> std::process::ExitCode {
             "send_via": format!("{:?}", args.send_via).to_lowercase(),
             "handshake_ms": {"p50": percentile(&handshakes, 0.5), "p99": percentile(&handshakes, 0.99)},
             "handshakes_per_sec": handshakes_per_sec,
+            "settle": {"secs": settle_secs, "frames_per_client": settle_frames, "bytes_per_client": settle_bytes},
             "last_member_ms": {"p50": percentile(&last, 0.5), "p99": percentile(&last, 0.99), "max": percentile(&last, 1.0)},
             "rss_per_connection_kib": rss_per_conn_kib,
             "server_rss_kib": {"before": before.map(|b| b.0), "idle": idle.map(|i| i.0), "after": after.map(|x| x.0)},
