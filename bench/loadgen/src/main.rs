@@ -132,6 +132,8 @@ struct Seen {
     received: u64,
     gaps: u64,
     duplicates_or_reordered: u64,
+    /// Typing and presence frames (the signals beside the stream).
+    signals: u64,
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -460,6 +462,10 @@ async fn receive(
         let Ok(v) = serde_json::from_str::<Value>(&text) else {
             continue;
         };
+        if matches!(v["type"].as_str(), Some("typing" | "presence")) {
+            seen.signals += 1;
+            continue;
+        }
         let b = match protocol {
             Protocol::Classic => v["message"].as_str(),
             Protocol::Hubbub if v["type"] == "message" => v["body"].as_str(),
@@ -890,12 +896,13 @@ async fn main() -> std::process::ExitCode {
     stop_tx.send_replace(true);
     let after = args.server_pid.and_then(proc_stats);
     let mut latencies = Vec::new();
-    let (mut received, mut gaps, mut dups) = (0u64, 0u64, 0u64);
+    let (mut received, mut gaps, mut dups, mut signals) = (0u64, 0u64, 0u64, 0u64);
     for r in readers {
         if let Ok(seen) = r.await {
             received += seen.received;
             gaps += seen.gaps;
             dups += seen.duplicates_or_reordered;
+            signals += seen.signals;
             latencies.extend(seen.latencies);
         }
     }
@@ -943,6 +950,7 @@ async fn main() -> std::process::ExitCode {
         100.0 * received as f64 / expected.max(1) as f64
     );
     println!("  gaps / dup+reord {gaps} / {dups}");
+    println!("  signals received {signals} typing and presence frames during the run");
     println!("  deliveries/s     {deliveries_per_sec:.0}");
     println!(
         "  latency ms       p50 {:.2}  p90 {:.2}  p99 {:.2}  p999 {:.2}  max {:.2}",
@@ -985,6 +993,7 @@ async fn main() -> std::process::ExitCode {
             "received": received,
             "gaps": gaps,
             "duplicates_or_reordered": dups,
+            "signals_received": signals,
             "deliveries_per_sec": deliveries_per_sec,
             "latency_ms": {"p50": p(0.5), "p90": p(0.9), "p99": p(0.99), "p999": p(0.999), "max": p(1.0)},
             "send_via": format!("{:?}", args.send_via).to_lowercase(),
