@@ -241,30 +241,6 @@ impl Hub {
         delivered
     }
 
-    /// Hands an ephemeral delivery to every member of any of `rooms`, once each however many of
-    /// them it is in. Returns how many got it.
-    pub fn publish_to_rooms(&self, rooms: &[Arc<str>], delivery: Delivery) -> usize {
-        let delivery = Arc::new(delivery);
-        let (max_len, max_bytes) = (self.inner.queue_len, self.inner.queue_bytes);
-        let size = delivery.size();
-        let mut seen = std::collections::HashSet::new();
-        let mut delivered = 0;
-        let all = self.rooms();
-        for members in rooms.iter().filter_map(|r| all.get(r)) {
-            for (id, queue) in members {
-                if seen.insert(*id)
-                    && matches!(
-                        queue.push(&delivery, size, max_len, max_bytes),
-                        Pushed::Queued
-                    )
-                {
-                    delivered += 1;
-                }
-            }
-        }
-        delivered
-    }
-
     /// Hands ephemeral payloads, each for the members of its rooms, as one delivery per member
     /// holding every payload that concerns it (each once, in the order given): a burst of
     /// changes (a hundred people coming online at once) costs a member one frame, not one per
@@ -564,25 +540,6 @@ mod tests {
             got.push((d.seq, d.ephemeral));
         }
         assert_eq!(got, vec![(0, true), (1, false), (2, false)]);
-    }
-
-    #[tokio::test]
-    async fn publishing_to_several_rooms_reaches_each_member_once() {
-        let hub = Hub::new(8, 1 << 20);
-        let mut a = hub.subscribe();
-        let mut b = hub.subscribe();
-        let mut c = hub.subscribe();
-        a.join("one");
-        a.join("two");
-        b.join("two");
-        c.join("three");
-        let mut d = delivery("", 0);
-        d.ephemeral = true;
-        let rooms: Vec<Arc<str>> = vec!["one".into(), "two".into()];
-        assert_eq!(hub.publish_to_rooms(&rooms, d), 2);
-        assert!(a.try_recv().is_some() && a.try_recv().is_none());
-        assert!(b.try_recv().is_some());
-        assert!(c.try_recv().is_none());
     }
 
     #[tokio::test]
